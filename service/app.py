@@ -1,0 +1,46 @@
+"""The FastAPI application: lifespan of the engines, health routes, error shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from models.base import ImplicitModel
+from service.config import Settings
+from service.errors import error_body, install_handlers
+from service.routes_v1 import router as v1_router
+from service.state import ServerState
+
+
+def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = None) -> FastAPI:
+    """An app serving `settings.models` (or the given model objects, for tests)."""
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start(models)
+        yield
+        state.stop()
+
+    app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan)
+    app.state.eq = state
+    install_handlers(app)
+    app.include_router(v1_router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Any:
+        """Every model is loaded and its worker runs."""
+        if not state.ready:
+            return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
+        return {"status": "ready", "models": list(state.served)}
+
+    return app

@@ -1,0 +1,135 @@
+"""The `eqserve` command: serve, solve, models, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models.registry import REGISTRY, load_model, names
+from service import config
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = config.load(args)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _read_input(text: str) -> dict[str, Any]:
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    return json.loads(raw)
+
+
+def _solve(args: argparse.Namespace) -> int:
+    from service.client import Client, EqserveError
+
+    options = {"max_iters": args.max_iters, "tol": args.tol, "method": args.method, "stop_mode": args.stop_mode}
+    with Client(args.url) as client:
+        try:
+            result = client.solve(args.model, _read_input(args.input), **options)
+        except EqserveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from service.client import Client
+
+    with Client(args.url) as client:
+        for m in client.models():
+            d = m["defaults"]["budget"]
+            print(f"{m['name']:<12} max_iters={d['max_iters']:<6} tol={d['tol']:<8g} {m['description']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    entry = REGISTRY[args.model]
+    if entry.train is None:
+        print(f"model {args.model!r} has no trainer: it has no weights", file=sys.stderr)
+        return 2
+    extra = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
+    summary = entry.train(**extra)
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    iters = [int(s) for s in args.iters.split(",") if s.strip()]
+    report = load_model(args.model).evaluate(iters)
+    if args.json:
+        out: dict[str, Any] = {"model": report.model, "metric": report.metric, "t": report.t,
+                               "error": report.error, "params": report.params}
+        if report.baseline is not None:
+            out["baseline"] = report.baseline
+        print(json.dumps(out))
+        return 0
+    print(f"{report.model}: {report.metric} on the held-out set ({report.params:,} parameters)")
+    print(f"{'t':>6}  {'error':>10}")
+    for t, e in zip(report.t, report.error, strict=True):
+        print(f"{t:>6}  {e:>10.4g}")
+    if report.baseline is not None:
+        b = report.baseline
+        print(f"baseline {b['name']} ({b['params']:,} parameters): {b['error']:.4g}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="eqserve", description="Serve implicit (fixed-point) models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the server on the built-in models")
+    config.add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    solve = sub.add_parser("solve", help="solve one request on a running server")
+    solve.add_argument("model")
+    solve.add_argument("--input", required=True, help="the input as JSON, or @file")
+    solve.add_argument("--max-iters", type=int)
+    solve.add_argument("--tol", type=float)
+    solve.add_argument("--stop-mode", choices=["abs", "rel"])
+    solve.add_argument("--method", choices=["picard", "anderson"])
+    solve.add_argument("--url", default=DEFAULT_URL)
+    solve.set_defaults(func=_solve)
+
+    models = sub.add_parser("models", help="list the models of a running server")
+    models.add_argument("--url", default=DEFAULT_URL)
+    models.set_defaults(func=_models)
+
+    train = sub.add_parser("train", help="train a built-in model and write its weights")
+    train.add_argument("model", choices=[n for n, e in REGISTRY.items() if e.train is not None])
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="error on the held-out set after each number of iterations")
+    ev.add_argument("model", choices=names())
+    ev.add_argument("--iters", default="1,2,4,8,16,32,64")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(func=_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `eqserve` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

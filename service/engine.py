@@ -1,0 +1,354 @@
+"""One worker per model: iteration-level continuous batching of fixed-point solves.
+
+Each tick the worker admits waiting requests into free rows, runs one G-step and solver update
+for every active row, takes every row's stop decision on the device, reads back one small
+tensor, and retires the rows that stopped. A request joins and leaves the batch at any tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from models.base import Ctx, ImplicitModel
+from models.padding import pad_rows
+from service.solvers import SolverState, residuals
+from service.stop_rule import Stop, decide
+
+log = logging.getLogger(__name__)
+
+Batching = Literal["continuous", "static"]
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the client should retry after `retry_after` s."""
+
+    def __init__(self, model: str, retry_after: float) -> None:
+        super().__init__(f"model {model!r} has too many waiting requests")
+        self.retry_after = retry_after
+
+
+class ModelStepError(Exception):
+    """The model raised inside its step; every request of that tick fails with this."""
+
+    def __init__(self, model: str, cause: BaseException) -> None:
+        super().__init__(f"model {model!r} failed in its step: {type(cause).__name__}: {cause}")
+        self.model = model
+
+
+@dataclass
+class SolveJob:
+    """One accepted request: its encoded context, start state, budget and solver options."""
+
+    id: str
+    ctx: Ctx
+    y0: torch.Tensor
+    max_iters: int
+    tol: float
+    rel_mode: bool = False
+    timeout_s: float | None = None
+    damping: float = 1.0
+    m: int = 0
+    trace: bool = False
+    every: int = 1
+    return_state: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    future: Future = field(default_factory=Future)
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time past which the solve stops with status `deadline`."""
+        return math.inf if self.timeout_s is None else self.submitted + self.timeout_s
+
+    @property
+    def size(self) -> int:
+        """Number of state entries of this request's row."""
+        return self.y0.shape[1]
+
+
+@dataclass
+class SolveResult:
+    """What a finished solve reports."""
+
+    id: str
+    status: str
+    iterations: int
+    residual: float | None
+    rel_residual: float | None
+    output: dict[str, Any] | None
+    trace: list[dict[str, float]] | None
+    state: list[float] | None
+    queue_ms: float
+    solve_ms: float
+
+
+@dataclass
+class _Row:
+    job: SolveJob
+    admitted: float
+    iterations: int = 0
+    residual: float | None = None
+    rel_residual: float | None = None
+    trace: list[dict[str, float]] = field(default_factory=list)
+
+
+class Engine:
+    """The batching worker of one model, fed by `submit` from any thread."""
+
+    def __init__(
+        self,
+        model: ImplicitModel,
+        *,
+        max_batch_rows: int = 64,
+        max_queue: int = 256,
+        batching: Batching = "continuous",
+    ) -> None:
+        self.model = model
+        self.name = model.name
+        self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue
+        self.batching = batching
+        self._waiting: deque[SolveJob] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._rows: list[_Row] = []
+        self._mean_solve_s = 0.05
+        self.ticks = 0
+        self.on_tick: Callable[[float, int], None] | None = None
+        self.on_finish: Callable[[SolveResult], None] | None = None
+        self._t: dict[str, torch.Tensor] = {}
+        self._solver: SolverState | None = None
+        self._bctx: Ctx = {}
+
+    # -- outside the worker ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker; requests still waiting or running fail as cancelled."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def waiting(self) -> int:
+        """Requests accepted but not yet in the batch."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Rows in the batch."""
+        return len(self._rows)
+
+    def submit(self, job: SolveJob) -> Future:
+        """Queue a job; raises QueueFull at once when the waiting queue is at its bound."""
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                backlog = (len(self._waiting) / self.max_batch_rows + 1) * self._mean_solve_s
+                raise QueueFull(self.name, max(1.0, math.ceil(backlog)))
+            self._waiting.append(job)
+            self._cond.notify()
+        return job.future
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._rows and not self._waiting:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    admitted = self._take_admissions()
+                if admitted:
+                    self._admit(admitted)
+                if self._rows:
+                    self._tick()
+        self._fail_all(Stop.CANCELLED)
+
+    def _take_admissions(self) -> list[SolveJob]:
+        free = self.max_batch_rows - len(self._rows)
+        if self.batching == "static" and self._rows:
+            free = 0
+        taken: list[SolveJob] = []
+        while free > 0 and self._waiting:
+            taken.append(self._waiting.popleft())
+            free -= 1
+        return taken
+
+    def _admit(self, jobs: list[SolveJob]) -> None:
+        now = time.monotonic()
+        fresh: list[_Row] = []
+        for job in jobs:
+            row = _Row(job, admitted=now)
+            if job.cancelled:
+                self._finish(row, Stop.CANCELLED, job.y0)
+            elif now >= job.deadline:
+                self._finish(row, Stop.DEADLINE, job.y0)
+            else:
+                fresh.append(row)
+        if fresh:
+            self._rebuild(list(range(len(self._rows))), fresh)
+
+    def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
+        """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
+        rows = [self._rows[i] for i in keep] + fresh
+        self._rows = rows
+        if not rows:
+            self._t, self._solver, self._bctx = {}, None, {}
+            return
+        width = max(r.job.size for r in rows)
+        jobs = [r.job for r in fresh]
+        dev = self.model.device()
+        new_y, _ = pad_rows([j.y0 for j in jobs], width) if jobs else (None, None)
+        new_t: dict[str, torch.Tensor] = {}
+        if jobs:
+            assert new_y is not None
+            new_t = {
+                "y": new_y,
+                "iters": torch.zeros(len(jobs), dtype=torch.long, device=dev),
+                "max_iters": torch.tensor([j.max_iters for j in jobs], device=dev),
+                "tol": torch.tensor([j.tol for j in jobs], dtype=torch.float64, device=dev),
+                "rel_mode": torch.tensor([j.rel_mode for j in jobs], device=dev),
+                "first_res": torch.zeros(len(jobs), dtype=torch.float64, device=dev),
+            }
+        if self._t and keep:
+            idx = torch.tensor(keep, device=dev)
+            old = {k: v[idx] for k, v in self._t.items()}
+            old["y"] = _fit(old["y"], width)
+            self._t = {k: torch.cat([old[k], new_t[k]]) for k in old} if jobs else old
+        else:
+            self._t = new_t
+        solver = self._solver.select(torch.tensor(keep, device=dev)) if self._solver and keep else None
+        if jobs:
+            assert new_y is not None
+            added = SolverState.new([j.damping for j in jobs], [j.m for j in jobs], new_y)
+            solver = solver.concat(added, width) if solver else added
+        elif solver is not None:
+            solver = solver.fit(width)
+        self._solver = solver
+        self._bctx = self.model.collate([r.job.ctx for r in rows])
+
+    def _tick(self) -> None:
+        start = time.perf_counter()
+        t, solver = self._t, self._solver
+        assert solver is not None
+        try:
+            gy = self.model.step(t["y"], self._bctx)
+            abs_res, rel_res = residuals(t["y"], gy)
+            y_next = solver.update(t["y"], gy)
+        except Exception as exc:  # the model's fault: fail this tick's requests, keep serving
+            log.exception("model %s failed in its step", self.name)
+            self._fail_all(Stop.ERROR, ModelStepError(self.name, exc))
+            return
+        t["iters"] += 1
+        t["first_res"] = torch.where(t["iters"] == 1, abs_res.double(), t["first_res"])
+        code = decide(
+            abs_res, rel_res, y_next, t["first_res"], t["iters"], t["max_iters"], t["tol"], t["rel_mode"]
+        )
+        codes, absl, rell = torch.stack([code.double(), abs_res.double(), rel_res.double()]).tolist()
+        t["y"] = y_next
+        now = time.monotonic()
+        keep: list[int] = []
+        for i, row in enumerate(self._rows):
+            row.iterations += 1
+            row.residual, row.rel_residual = absl[i], rell[i]
+            job = row.job
+            if job.trace and (row.iterations % job.every == 0 or codes[i]):
+                row.trace.append({"t": row.iterations, "residual": absl[i], "rel_residual": rell[i]})
+            stop = Stop(int(codes[i]))
+            if stop is Stop.RUNNING and job.cancelled:
+                stop = Stop.CANCELLED
+            elif stop is Stop.RUNNING and now >= job.deadline:
+                stop = Stop.DEADLINE
+            if stop is Stop.RUNNING:
+                keep.append(i)
+            else:
+                self._finish(row, stop, y_next[i : i + 1, : job.size])
+        if len(keep) < len(self._rows):
+            self._rebuild(keep, [])
+        self.ticks += 1
+        if self.on_tick is not None:
+            self.on_tick(time.perf_counter() - start, len(codes))
+
+    def _finish(self, row: _Row, stop: Stop, y: torch.Tensor, error: BaseException | None = None) -> None:
+        job = row.job
+        now = time.monotonic()
+        if error is not None:
+            job.future.set_exception(error)
+            return
+        try:
+            output = None if stop is Stop.DIVERGED else self.model.decode(y, job.ctx)
+        except Exception as exc:
+            log.exception("model %s failed in its decode", self.name)
+            job.future.set_exception(ModelStepError(self.name, exc))
+            return
+        result = SolveResult(
+            id=job.id,
+            status=stop.label,
+            iterations=row.iterations,
+            residual=row.residual,
+            rel_residual=row.rel_residual,
+            output=output,
+            trace=row.trace if job.trace else None,
+            state=y[0].float().tolist() if job.return_state else None,
+            queue_ms=(row.admitted - job.submitted) * 1e3,
+            solve_ms=(now - row.admitted) * 1e3,
+        )
+        self._mean_solve_s = 0.9 * self._mean_solve_s + 0.1 * (now - job.submitted)
+        job.future.set_result(result)
+        if self.on_finish is not None:
+            self.on_finish(result)
+
+    def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
+        rows = self._rows
+        ys = [self._t["y"][i : i + 1, : r.job.size] for i, r in enumerate(rows)] if rows else []
+        with self._cond:
+            waiting = list(self._waiting) if self._stopping else []
+            if self._stopping:
+                self._waiting.clear()
+        for row, y in zip(rows, ys, strict=True):
+            self._finish(row, stop, y, error)
+        for job in waiting:
+            self._finish(_Row(job, admitted=time.monotonic()), stop, job.y0, error)
+        self._rebuild([], [])
+
+
+def _fit(y: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad with zeros or cut the last dimension of (B, n) to `width`."""
+    if y.shape[1] == width:
+        return y
+    if y.shape[1] > width:
+        return y[:, :width]
+    return torch.nn.functional.pad(y, (0, width - y.shape[1]))
+
+
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    """A short request id unique within this process."""
+    return f"req-{next(_ids):08d}"

@@ -1,0 +1,57 @@
+"""The server's running state: settings, loaded models and their engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.base import ImplicitModel, ModelMeta
+from models.registry import load_model
+from service.config import Settings
+from service.engine import Engine
+from service.errors import ApiError
+
+
+@dataclass
+class Served:
+    """One served model with its metadata and batching worker."""
+
+    model: ImplicitModel
+    meta: ModelMeta
+    engine: Engine
+
+
+@dataclass
+class ServerState:
+    """What the routes need; built at start-up, torn down at shutdown."""
+
+    settings: Settings
+    served: dict[str, Served] = field(default_factory=dict)
+
+    def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
+        """Load each configured model (or take the given ones) and start its worker."""
+        models = models or {name: load_model(name, self.settings.device) for name in self.settings.models}
+        for name, model in models.items():
+            engine = Engine(
+                model,
+                max_batch_rows=self.settings.max_batch_rows,
+                max_queue=self.settings.max_queue,
+                batching=self.settings.batching,  # type: ignore[arg-type]
+            )
+            engine.start()
+            self.served[name] = Served(model, model.meta(), engine)
+
+    def stop(self) -> None:
+        """Stop every worker."""
+        for s in self.served.values():
+            s.engine.stop()
+
+    def get(self, name: str) -> Served:
+        """The served model `name`, or 404."""
+        if name not in self.served:
+            raise ApiError(404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model")
+        return self.served[name]
+
+    @property
+    def ready(self) -> bool:
+        """Every model is loaded and its worker is alive."""
+        return bool(self.served) and all(s.engine.alive for s in self.served.values())
