@@ -39,7 +39,9 @@ class ModelMeta:
     default_max_iters: int = 100
     default_tol: float = 1e-5
     default_stop_mode: str = "abs"
-    default_solver: dict[str, Any] = field(default_factory=lambda: {"method": "picard", "damping": 1.0, "m": 5})
+    default_solver: dict[str, Any] = field(
+        default_factory=lambda: {"method": "picard", "damping": 1.0, "m": 5}
+    )
     fused_kernel: bool = False
 
 
@@ -121,7 +123,9 @@ class ImplicitModel(nn.Module):
         return self.Input.model_json_schema()
 
 
-def run_iterations(model: ImplicitModel, ctx: Ctx, y0: torch.Tensor, iters: list[int]) -> dict[int, torch.Tensor]:
+def run_iterations(
+    model: ImplicitModel, ctx: Ctx, y0: torch.Tensor, iters: list[int]
+) -> dict[int, torch.Tensor]:
     """Plain Picard y_t = G(y_{t-1}, x), returning y_t at each t in `iters` (for E_t and L_t)."""
     out: dict[int, torch.Tensor] = {}
     y = y0

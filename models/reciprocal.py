@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import Ctx, FiniteFloat, ImplicitModel, InputError, ModelMeta
+from models.base import Ctx, EvalReport, FiniteFloat, ImplicitModel, InputError, ModelMeta, run_iterations
 from models.padding import pad_rows
 
 
@@ -77,3 +77,11 @@ class Reciprocal(ImplicitModel):
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
         return {"y": y[0, : self.state_size(ctx)].tolist()}
+
+    def evaluate(self, iters: list[int]) -> EvalReport:
+        """E_t = mean |y_t(x) − 1/x| · x over a grid of x in (0, 1] with η = 1 (no weights needed)."""
+        x = torch.linspace(0.02, 1.0, 50, dtype=self._dtype, device=self._device).unsqueeze(0)
+        ctx = {"x": x, "eta": torch.ones(1, 1, dtype=self._dtype, device=self._device)}
+        ys = run_iterations(self, ctx, torch.zeros_like(x), iters)
+        errors = [float(((ys[t] - 1 / x).abs() * x).mean()) for t in iters]
+        return EvalReport(self.name, "mean relative error |y_t - 1/x| / (1/x)", list(iters), errors, params=0)

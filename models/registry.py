@@ -34,10 +34,10 @@ def _deq_mlp(device: torch.device) -> ImplicitModel:
     return DeqMLP.from_weights(WEIGHTS_DIR / "deq-mlp.safetensors").to(device)
 
 
-def _train_deq_mlp(**kwargs: object) -> dict:
+def _train_deq_mlp(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
     from models.deq_mlp.train import train
 
-    return train(WEIGHTS_DIR, **kwargs)  # type: ignore[arg-type]
+    return train(out_dir, **kwargs)  # type: ignore[arg-type]
 
 
 REGISTRY: dict[str, ModelEntry] = {

@@ -32,7 +32,12 @@ def _read_input(text: str) -> dict[str, Any]:
 def _solve(args: argparse.Namespace) -> int:
     from service.client import Client, EqserveError
 
-    options = {"max_iters": args.max_iters, "tol": args.tol, "method": args.method, "stop_mode": args.stop_mode}
+    options = {
+        "max_iters": args.max_iters,
+        "tol": args.tol,
+        "method": args.method,
+        "stop_mode": args.stop_mode,
+    }
     with Client(args.url) as client:
         try:
             result = client.solve(args.model, _read_input(args.input), **options)
@@ -58,7 +63,11 @@ def _train(args: argparse.Namespace) -> int:
     if entry.train is None:
         print(f"model {args.model!r} has no trainer: it has no weights", file=sys.stderr)
         return 2
-    extra = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
+    extra = {
+        k: v
+        for k, v in {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out}.items()
+        if v is not None
+    }
     summary = entry.train(**extra)
     print(json.dumps(summary))
     return 0
@@ -66,10 +75,19 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     iters = [int(s) for s in args.iters.split(",") if s.strip()]
-    report = load_model(args.model).evaluate(iters)
+    try:
+        report = load_model(args.model).evaluate(iters)
+    except NotImplementedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        out: dict[str, Any] = {"model": report.model, "metric": report.metric, "t": report.t,
-                               "error": report.error, "params": report.params}
+        out: dict[str, Any] = {
+            "model": report.model,
+            "metric": report.metric,
+            "t": report.t,
+            "error": report.error,
+            "params": report.params,
+        }
         if report.baseline is not None:
             out["baseline"] = report.baseline
         print(json.dumps(out))
@@ -111,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("model", choices=[n for n, e in REGISTRY.items() if e.train is not None])
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int)
+    train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="error on the held-out set after each number of iterations")

@@ -46,7 +46,9 @@ def solve_body(
 class Client:
     """Synchronous client: `solve`, `models`, `model`."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600) -> None:
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 

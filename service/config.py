@@ -26,8 +26,12 @@ class Settings:
         metadata={"help": "continuous: join and leave every tick; static: a batch runs to its slowest row"},
     )
     max_iters_cap: int = field(default=10_000, metadata={"help": "largest budget.max_iters accepted"})
-    max_state_cap: int = field(default=1_000_000, metadata={"help": "largest state (entries) one request may have"})
-    timeout_cap_s: float = field(default=300.0, metadata={"help": "largest budget.timeout_s; also the default"})
+    max_state_cap: int = field(
+        default=1_000_000, metadata={"help": "largest state (entries) one request may have"}
+    )
+    timeout_cap_s: float = field(
+        default=300.0, metadata={"help": "largest budget.timeout_s; also the default"}
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def __post_init__(self) -> None:

@@ -20,22 +20,36 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         raise ApiError(422, "invalid_input", exc.message, exc.field) from None
     size = model.state_size(ctx)
     if size > settings.max_state_cap:
-        raise ApiError(422, "over_cap", f"state of {size} entries exceeds the cap {settings.max_state_cap}", "input")
+        raise ApiError(
+            422, "over_cap", f"state of {size} entries exceeds the cap {settings.max_state_cap}", "input"
+        )
     y0 = model.init(ctx)
     if req.warm_start is not None:
         if len(req.warm_start) != size:
-            raise ApiError(422, "invalid_request", f"warm_start needs {size} numbers, got {len(req.warm_start)}",
-                           "warm_start")
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"warm_start needs {size} numbers, got {len(req.warm_start)}",
+                "warm_start",
+            )
         y0 = torch.tensor([req.warm_start], dtype=y0.dtype, device=y0.device)
     budget, solver = req.budget, req.solver
     max_iters = budget.max_iters or min(meta.default_max_iters, settings.max_iters_cap)
     if max_iters > settings.max_iters_cap:
-        raise ApiError(422, "over_cap", f"max_iters {max_iters} exceeds the server's cap {settings.max_iters_cap}",
-                       "budget.max_iters")
+        raise ApiError(
+            422,
+            "over_cap",
+            f"max_iters {max_iters} exceeds the server's cap {settings.max_iters_cap}",
+            "budget.max_iters",
+        )
     timeout = budget.timeout_s or settings.timeout_cap_s
     if timeout > settings.timeout_cap_s:
-        raise ApiError(422, "over_cap", f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}",
-                       "budget.timeout_s")
+        raise ApiError(
+            422,
+            "over_cap",
+            f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}",
+            "budget.timeout_s",
+        )
     defaults = meta.default_solver
     method = solver.method or defaults.get("method", "picard")
     return SolveJob(

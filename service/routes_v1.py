@@ -30,8 +30,19 @@ def _finite(x: float | None) -> float | None:
 
 def to_response(model: str, r: SolveResult) -> SolveResponse:
     """The JSON answer of a finished solve (non-finite residuals become null)."""
-    trace = [{**p, "residual": _finite(p["residual"]), "rel_residual": _finite(p["rel_residual"])}
-             for p in r.trace] if r.trace is not None else None
+    trace = (
+        [
+            {**p, "residual": _finite(p["residual"]), "rel_residual": _finite(p["rel_residual"])}
+            for p in r.trace
+        ]
+        if r.trace is not None
+        else None
+    )
+    extra: dict[str, Any] = {}
+    if trace is not None:
+        extra["trace"] = trace
+    if r.state is not None:
+        extra["state"] = r.state
     return SolveResponse(
         id=r.id,
         model=model,
@@ -40,13 +51,12 @@ def to_response(model: str, r: SolveResult) -> SolveResponse:
         iterations=r.iterations,
         residual=_finite(r.residual),
         rel_residual=_finite(r.rel_residual),
-        trace=trace,  # type: ignore[arg-type]
-        state=r.state,
         timing=Timing(
             queue_ms=r.queue_ms,
             solve_ms=r.solve_ms,
             per_iter_us=r.solve_ms * 1e3 / r.iterations if r.iterations else 0.0,
         ),
+        **extra,
     )
 
 
@@ -55,7 +65,9 @@ def submit(served: Served, job: SolveJob) -> asyncio.Future:
     try:
         return asyncio.wrap_future(served.engine.submit(job))
     except QueueFull as exc:
-        raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after))}) from None
+        raise ApiError(
+            429, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after))}
+        ) from None
 
 
 async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> SolveResult:
@@ -74,7 +86,7 @@ async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> S
         raise ApiError(500, "model_error", str(exc)) from None
 
 
-@router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_none=True)
+@router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_unset=True)
 async def solve(request: Request) -> Any:
     """Solve one fixed point within the request's budget."""
     state = _state(request)
@@ -95,7 +107,11 @@ def describe(served: Served, full: bool) -> dict[str, Any]:
         "dtype": meta.dtype,
         "fused_kernel": meta.fused_kernel,
         "defaults": {
-            "budget": {"max_iters": meta.default_max_iters, "tol": meta.default_tol, "stop_mode": meta.default_stop_mode},
+            "budget": {
+                "max_iters": meta.default_max_iters,
+                "tol": meta.default_tol,
+                "stop_mode": meta.default_stop_mode,
+            },
             "solver": meta.default_solver,
         },
     }

@@ -48,7 +48,9 @@ class ServerState:
     def get(self, name: str) -> Served:
         """The served model `name`, or 404."""
         if name not in self.served:
-            raise ApiError(404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model")
+            raise ApiError(
+                404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model"
+            )
         return self.served[name]
 
     @property

@@ -1,0 +1,191 @@
+"""The engine: per-row stopping, continuous batching, queue bound, faults that stay in their row."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from models.base import ImplicitModel
+from models.reciprocal import Reciprocal, ReciprocalInput
+from service.engine import Engine, ModelStepError, QueueFull, SolveJob, SolveResult
+from tests.fake_models import BLOWUP_X, NAN_X, RAISE_X, Faulty
+
+
+def job(model: ImplicitModel, x: list[float], **kw: object) -> SolveJob:
+    ctx = model.encode(ReciprocalInput(x=x))
+    opts: dict = {"max_iters": 500, "tol": 1e-9, "trace": True, "return_state": True} | kw
+    return SolveJob(id=str(x), ctx=ctx, y0=model.init(ctx), **opts)
+
+
+def alone(model: ImplicitModel, j: SolveJob) -> SolveResult:
+    engine = Engine(model)
+    engine.start()
+    try:
+        return engine.submit(j).result(10)
+    finally:
+        engine.stop()
+
+
+def together(model: ImplicitModel, jobs: list[SolveJob], **kw: object) -> list[SolveResult]:
+    """Submit all jobs before the worker starts, so they share the first tick."""
+    engine = Engine(model, **kw)  # type: ignore[arg-type]
+    futures = [engine.submit(j) for j in jobs]
+    engine.start()
+    try:
+        return [f.result(10) for f in futures]
+    finally:
+        engine.stop()
+
+
+def wait_until(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("m", [0, 4])
+def test_batched_rows_stop_on_their_own_tolerance_with_the_iterates_they_get_alone(m: int) -> None:
+    model = Reciprocal()
+    specs = [([0.3, 0.6], 1e-2), ([0.3, 0.6], 1e-9), ([0.7], 1e-5)]
+    batched = together(model, [job(model, x, tol=tol, m=m) for x, tol in specs])
+    single = [alone(model, job(model, x, tol=tol, m=m)) for x, tol in specs]
+    assert len({r.iterations for r in batched}) == 3
+    for b, s in zip(batched, single, strict=True):
+        assert b.status == s.status == "converged"
+        assert b.iterations == s.iterations
+        assert b.state == s.state
+        assert b.trace == s.trace
+
+
+def test_request_arriving_mid_solve_finishes_before_the_running_one() -> None:
+    model = Reciprocal()
+    engine = Engine(model)
+    engine.start()
+    try:
+        slow = engine.submit(job(model, [1e-4], tol=0.0, max_iters=10**7, trace=False))
+        wait_until(lambda: engine.ticks > 10)
+        quick = engine.submit(job(model, [0.5], tol=1e-6)).result(10)
+        assert not slow.done()
+        assert quick.status == "converged"
+        assert engine.ticks > quick.iterations
+    finally:
+        engine.stop()
+    assert slow.result(10).status == "cancelled"
+
+
+def test_static_batching_holds_a_new_request_until_the_batch_ends() -> None:
+    model = Reciprocal()
+    engine = Engine(model, batching="static")
+    engine.start()
+    try:
+        first = engine.submit(job(model, [0.01], tol=0.0, max_iters=400))
+        wait_until(lambda: engine.ticks > 0)
+        second = engine.submit(job(model, [0.5], tol=1e-3)).result(10)
+        assert first.done()
+        assert second.queue_ms > 0
+        assert first.result().iterations == 400
+    finally:
+        engine.stop()
+
+
+def test_queue_full_is_refused_at_once() -> None:
+    model = Reciprocal()
+    engine = Engine(model, max_batch_rows=1, max_queue=2)
+    for _ in range(2):
+        engine.submit(job(model, [0.5]))
+    with pytest.raises(QueueFull) as info:
+        engine.submit(job(model, [0.5]))
+    assert info.value.retry_after >= 1
+    engine.start()
+    engine.stop()
+
+
+def test_nan_and_blowup_rows_diverge_while_batch_mates_converge() -> None:
+    model = Faulty()
+    xs = [[0.5, 0.25], [NAN_X], [BLOWUP_X, 0.5], [0.8]]
+    results = together(model, [job(model, x) for x in xs])
+    assert [r.status for r in results] == ["converged", "diverged", "diverged", "converged"]
+    assert results[1].output is None
+    for x, r in zip(xs, results, strict=True):
+        if r.status == "converged":
+            assert r.state == alone(Reciprocal(), job(Reciprocal(), x)).state
+
+
+def test_step_exception_fails_that_tick_and_the_worker_goes_on() -> None:
+    model = Faulty()
+    engine = Engine(model)
+    engine.start()
+    try:
+        bad = engine.submit(job(model, [RAISE_X]))
+        with pytest.raises(ModelStepError, match="faulty"):
+            bad.result(10)
+        assert engine.submit(job(model, [0.5])).result(10).status == "converged"
+    finally:
+        engine.stop()
+
+
+def test_deadline_stops_a_row_with_its_current_iterate() -> None:
+    model = Reciprocal()
+    r = alone(model, job(model, [1e-4], tol=0.0, max_iters=10**8, timeout_s=0.2, trace=False))
+    assert r.status == "deadline"
+    assert r.iterations > 0
+    expected = (1 - (1 - 1e-4) ** r.iterations) / 1e-4
+    assert r.output is not None
+    assert r.output["y"][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_cancelled_row_leaves_at_the_next_tick() -> None:
+    model = Reciprocal()
+    engine = Engine(model)
+    engine.start()
+    try:
+        j = job(model, [1e-4], tol=0.0, max_iters=10**8, trace=False)
+        fut = engine.submit(j)
+        wait_until(lambda: engine.ticks > 5)
+        j.cancelled = True
+        r = fut.result(10)
+        assert r.status == "cancelled"
+        wait_until(lambda: engine.running == 0)
+    finally:
+        engine.stop()
+
+
+def test_rows_of_different_sizes_share_a_batch() -> None:
+    model = Reciprocal()
+    xs = [[0.5], [0.25, 0.5, 1.0, 1.5, 0.1], [0.9, 0.9]]
+    results = together(model, [job(model, x) for x in xs])
+    for x, r in zip(xs, results, strict=True):
+        assert r.output is not None
+        torch.testing.assert_close(
+            torch.tensor(r.output["y"], dtype=torch.float64),
+            1 / torch.tensor(x, dtype=torch.float64),
+            rtol=1e-7,
+            atol=1e-7,
+        )
+
+
+def test_many_concurrent_submitters_all_get_answers() -> None:
+    model = Reciprocal()
+    engine = Engine(model, max_batch_rows=8, max_queue=1000)
+    engine.start()
+    results: list[SolveResult] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for i in range(10):
+            r = engine.submit(job(model, [0.1 + 0.01 * ((k * 10 + i) % 80)], trace=False)).result(30)
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.stop()
+    assert len(results) == 60
+    assert all(r.status == "converged" for r in results)
