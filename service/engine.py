@@ -7,6 +7,7 @@ tensor, and retires the rows that stopped. A request joins and leaves the batch 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -16,14 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
+from kernels.reference import Stop, decide, residuals
 from models.base import Ctx, ImplicitModel
 from models.padding import pad_rows
-from service.solvers import SolverState, residuals
-from service.stop_rule import Stop, decide
+from service.solvers import SolverState
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,46 @@ class ModelStepError(Exception):
         self.model = model
 
 
+class EngineObserver(Protocol):
+    """Receives the engine's events (metrics); called on the worker thread, so it must be quick."""
+
+    def admitted(self, job: SolveJob, wait_s: float) -> None: ...
+    def first_iterate(self, job: SolveJob, since_submit_s: float) -> None: ...
+    def tick(self, seconds: float, rows: int) -> None: ...
+    def finished(self, job: SolveJob, result: SolveResult) -> None: ...
+
+
+class NullObserver:
+    """Ignores every event."""
+
+    def admitted(self, job: SolveJob, wait_s: float) -> None:
+        """Nothing."""
+
+    def first_iterate(self, job: SolveJob, since_submit_s: float) -> None:
+        """Nothing."""
+
+    def tick(self, seconds: float, rows: int) -> None:
+        """Nothing."""
+
+    def finished(self, job: SolveJob, result: SolveResult) -> None:
+        """Nothing."""
+
+
+IterateHook = Callable[[int, float, float, torch.Tensor], None]
+"""Called on the worker as hook(t, residual, rel_residual, y) every `every` iterations; y is (1, n)."""
+
+
+@dataclass
+class Resume:
+    """Where a solve stopped on its budget, so that it can go on: state, solver history, counts."""
+
+    y: torch.Tensor
+    solver: SolverState
+    iterations: int
+    first_res: float
+    trace: list[dict[str, float]]
+
+
 @dataclass
 class SolveJob:
     """One accepted request: its encoded context, start state, budget and solver options."""
@@ -62,6 +103,8 @@ class SolveJob:
     trace: bool = False
     every: int = 1
     return_state: bool = False
+    on_iterate: IterateHook | None = None
+    resume: Resume | None = None
     submitted: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     future: Future = field(default_factory=Future)
@@ -91,6 +134,11 @@ class SolveResult:
     state: list[float] | None
     queue_ms: float
     solve_ms: float
+    resume: Resume | None = None
+
+
+RESUMABLE = (Stop.MAX_ITERS, Stop.DEADLINE)
+"""Statuses after which a solve may be extended."""
 
 
 @dataclass
@@ -126,8 +174,8 @@ class Engine:
         self._rows: list[_Row] = []
         self._mean_solve_s = 0.05
         self.ticks = 0
-        self.on_tick: Callable[[float, int], None] | None = None
-        self.on_finish: Callable[[SolveResult], None] | None = None
+        self.last_tick_rows = 0
+        self.observer: EngineObserver = NullObserver()
         self._t: dict[str, torch.Tensor] = {}
         self._solver: SolverState | None = None
         self._bctx: Ctx = {}
@@ -187,6 +235,8 @@ class Engine:
                     self._admit(admitted)
                 if self._rows:
                     self._tick()
+                else:
+                    self.last_tick_rows = 0
         self._fail_all(Stop.CANCELLED)
 
     def _take_admissions(self) -> list[SolveJob]:
@@ -204,6 +254,10 @@ class Engine:
         fresh: list[_Row] = []
         for job in jobs:
             row = _Row(job, admitted=now)
+            self.observer.admitted(job, now - job.submitted)
+            if job.resume is not None:
+                row.iterations = job.resume.iterations
+                row.trace = list(job.resume.trace)
             if job.cancelled:
                 self._finish(row, Stop.CANCELLED, job.y0)
             elif now >= job.deadline:
@@ -215,6 +269,7 @@ class Engine:
 
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
         """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
+        fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
         rows = [self._rows[i] for i in keep] + fresh
         self._rows = rows
         if not rows:
@@ -223,17 +278,24 @@ class Engine:
         width = max(r.job.size for r in rows)
         jobs = [r.job for r in fresh]
         dev = self.model.device()
-        new_y, _ = pad_rows([j.y0 for j in jobs], width) if jobs else (None, None)
+        starts = [j.y0 if j.resume is None else j.resume.y for j in jobs]
+        new_y, _ = pad_rows(starts, width) if jobs else (None, None)
         new_t: dict[str, torch.Tensor] = {}
         if jobs:
             assert new_y is not None
             new_t = {
                 "y": new_y,
-                "iters": torch.zeros(len(jobs), dtype=torch.long, device=dev),
+                "iters": torch.tensor(
+                    [0 if j.resume is None else j.resume.iterations for j in jobs], device=dev
+                ),
                 "max_iters": torch.tensor([j.max_iters for j in jobs], device=dev),
                 "tol": torch.tensor([j.tol for j in jobs], dtype=torch.float64, device=dev),
                 "rel_mode": torch.tensor([j.rel_mode for j in jobs], device=dev),
-                "first_res": torch.zeros(len(jobs), dtype=torch.float64, device=dev),
+                "first_res": torch.tensor(
+                    [0.0 if j.resume is None else j.resume.first_res for j in jobs],
+                    dtype=torch.float64,
+                    device=dev,
+                ),
             }
         if self._t and keep:
             idx = torch.tensor(keep, device=dev)
@@ -243,11 +305,15 @@ class Engine:
         else:
             self._t = new_t
         solver = self._solver.select(torch.tensor(keep, device=dev)) if self._solver and keep else None
-        if jobs:
+        plain = [j for j in jobs if j.resume is None]
+        if plain:
             assert new_y is not None
-            added = SolverState.new([j.damping for j in jobs], [j.m for j in jobs], new_y)
+            added = SolverState.new([j.damping for j in plain], [j.m for j in plain], new_y[: len(plain)])
             solver = solver.concat(added, width) if solver else added
-        elif solver is not None:
+        for j in jobs[len(plain) :]:
+            assert j.resume is not None
+            solver = solver.concat(j.resume.solver, width) if solver else j.resume.solver.fit(width)
+        if solver is not None:
             solver = solver.fit(width)
         self._solver = solver
         self._bctx = self.model.collate([r.job.ctx for r in rows])
@@ -277,6 +343,8 @@ class Engine:
             row.iterations += 1
             row.residual, row.rel_residual = absl[i], rell[i]
             job = row.job
+            if row.iterations == 1:
+                self.observer.first_iterate(job, now - job.submitted)
             if job.trace and (row.iterations % job.every == 0 or codes[i]):
                 row.trace.append({"t": row.iterations, "residual": absl[i], "rel_residual": rell[i]})
             stop = Stop(int(codes[i]))
@@ -284,27 +352,48 @@ class Engine:
                 stop = Stop.CANCELLED
             elif stop is Stop.RUNNING and now >= job.deadline:
                 stop = Stop.DEADLINE
+            y_row = y_next[i : i + 1, : job.size]
+            if job.on_iterate is not None and (row.iterations % job.every == 0 or stop is not Stop.RUNNING):
+                job.on_iterate(row.iterations, absl[i], rell[i], y_row)
             if stop is Stop.RUNNING:
                 keep.append(i)
             else:
-                self._finish(row, stop, y_next[i : i + 1, : job.size])
+                resume = None
+                if stop in RESUMABLE:
+                    resume = Resume(
+                        y_row.clone(),
+                        solver.select(torch.tensor([i], device=y_row.device)),
+                        row.iterations,
+                        float(t["first_res"][i]),
+                        row.trace,
+                    )
+                self._finish(row, stop, y_row, resume=resume)
         if len(keep) < len(self._rows):
             self._rebuild(keep, [])
         self.ticks += 1
-        if self.on_tick is not None:
-            self.on_tick(time.perf_counter() - start, len(codes))
+        self.last_tick_rows = len(codes)
+        self.observer.tick(time.perf_counter() - start, len(codes))
 
-    def _finish(self, row: _Row, stop: Stop, y: torch.Tensor, error: BaseException | None = None) -> None:
+    def _finish(
+        self,
+        row: _Row,
+        stop: Stop,
+        y: torch.Tensor,
+        error: BaseException | None = None,
+        resume: Resume | None = None,
+    ) -> None:
         job = row.job
         now = time.monotonic()
         if error is not None:
             job.future.set_exception(error)
+            self.observer.finished(job, _failed(job, row, stop))
             return
         try:
             output = None if stop is Stop.DIVERGED else self.model.decode(y, job.ctx)
         except Exception as exc:
             log.exception("model %s failed in its decode", self.name)
             job.future.set_exception(ModelStepError(self.name, exc))
+            self.observer.finished(job, _failed(job, row, Stop.ERROR))
             return
         result = SolveResult(
             id=job.id,
@@ -317,11 +406,11 @@ class Engine:
             state=y[0].float().tolist() if job.return_state else None,
             queue_ms=(row.admitted - job.submitted) * 1e3,
             solve_ms=(now - row.admitted) * 1e3,
+            resume=resume,
         )
         self._mean_solve_s = 0.9 * self._mean_solve_s + 0.1 * (now - job.submitted)
+        self.observer.finished(job, result)
         job.future.set_result(result)
-        if self.on_finish is not None:
-            self.on_finish(result)
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
         rows = self._rows
@@ -335,6 +424,36 @@ class Engine:
         for job in waiting:
             self._finish(_Row(job, admitted=time.monotonic()), stop, job.y0, error)
         self._rebuild([], [])
+
+
+def extend_job(job: SolveJob, result: SolveResult, more_iters: int) -> SolveJob:
+    """A job that goes on from where `result` stopped, for `more_iters` more iterations."""
+    if result.resume is None:
+        raise ValueError(f"a solve that ended {result.status!r} cannot be extended")
+    return dataclasses.replace(
+        job,
+        max_iters=result.resume.iterations + more_iters,
+        resume=result.resume,
+        submitted=time.monotonic(),
+        cancelled=False,
+        future=Future(),
+    )
+
+
+def _failed(job: SolveJob, row: _Row, stop: Stop) -> SolveResult:
+    """The result an observer sees for a request that failed with an error."""
+    return SolveResult(
+        job.id,
+        stop.label,
+        row.iterations,
+        row.residual,
+        row.rel_residual,
+        None,
+        None,
+        None,
+        (row.admitted - job.submitted) * 1e3,
+        (time.monotonic() - row.admitted) * 1e3,
+    )
 
 
 def _fit(y: torch.Tensor, width: int) -> torch.Tensor:

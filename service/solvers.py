@@ -11,28 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-RESIDUAL_EPS = 1e-12
-"""ε in rel = abs / (‖G(y)‖ + ε)."""
+from kernels.reference import picard
 
 ANDERSON_RIDGE = 1e-8
 """Ridge λ, relative to the mean diagonal of the residual Gram matrix."""
 
 ANDERSON_MAX_WEIGHT = 1e4
 """Mixing weights with Σ|α| above this mean an ill-conditioned system: take a Picard step."""
-
-
-def residuals(y: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row abs = ‖G(y) − y‖ and rel = abs / (‖G(y)‖ + ε), computed in fp32 or wider."""
-    acc = torch.promote_types(y.dtype, torch.float32)
-    d = (gy - y).to(acc)
-    abs_res = torch.linalg.vector_norm(d, dim=1)
-    rel_res = abs_res / (torch.linalg.vector_norm(gy.to(acc), dim=1) + RESIDUAL_EPS)
-    return abs_res, rel_res
-
-
-def picard(y: torch.Tensor, gy: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Damped Picard y ← (1−β)y + βG(y), β per row of shape (B, 1)."""
-    return torch.lerp(y, gy, beta)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import uvicorn
 from models.reciprocal import Reciprocal
 from service.app import create_app
 from service.config import Settings
+from service.engine import NullObserver
 from tests.test_cli import free_port
 
 
@@ -26,7 +27,12 @@ def test_client_disconnect_cancels_the_solve() -> None:
             time.sleep(0.01)
         engine = app.state.eq.served["reciprocal"].engine
         finished = []
-        engine.on_finish = finished.append
+
+        class Recorder(NullObserver):
+            def finished(self, job, result):
+                finished.append(result)
+
+        engine.observer = Recorder()
         body = {"model": "reciprocal", "input": {"x": [1e-5]}, "budget": {"tol": 0, "max_iters": 10**8}}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"http://127.0.0.1:{port}/v1/solve", json=body, timeout=0.5)

@@ -10,7 +10,7 @@ import torch
 
 from models.base import ImplicitModel
 from models.reciprocal import Reciprocal, ReciprocalInput
-from service.engine import Engine, ModelStepError, QueueFull, SolveJob, SolveResult
+from service.engine import Engine, ModelStepError, QueueFull, SolveJob, SolveResult, extend_job
 from tests.fake_models import BLOWUP_X, NAN_X, RAISE_X, Faulty
 
 
@@ -189,3 +189,40 @@ def test_many_concurrent_submitters_all_get_answers() -> None:
     engine.stop()
     assert len(results) == 60
     assert all(r.status == "converged" for r in results)
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_extended_solve_goes_on_exactly_where_it_stopped(m: int) -> None:
+    model = Reciprocal()
+    engine = Engine(model)
+    engine.start()
+    try:
+        whole = engine.submit(job(model, [0.05, 0.02], tol=0.0, max_iters=8, m=m)).result(10)
+        first_job = job(model, [0.05, 0.02], tol=0.0, max_iters=5, m=m)
+        first = engine.submit(first_job).result(10)
+        assert first.status == "max_iters" and first.resume is not None
+        second = engine.submit(extend_job(first_job, first, 3)).result(10)
+    finally:
+        engine.stop()
+    assert second.iterations == whole.iterations == 8
+    assert second.state == whole.state
+    assert second.trace == whole.trace
+
+
+def test_a_converged_solve_cannot_be_extended() -> None:
+    model = Reciprocal()
+    j = job(model, [0.5])
+    r = alone(model, j)
+    assert r.status == "converged" and r.resume is None
+    with pytest.raises(ValueError, match="converged"):
+        extend_job(j, r, 5)
+
+
+def test_iterate_hook_sees_every_kth_iterate_and_the_last() -> None:
+    model = Reciprocal()
+    seen: list[tuple[int, float]] = []
+    j = job(model, [0.5], tol=0.0, max_iters=10, every=4)
+    j.on_iterate = lambda t, res, rel, y: seen.append((t, float(y[0, 0])))
+    alone(model, j)
+    assert [t for t, _ in seen] == [4, 8, 10]
+    assert seen[-1][1] == pytest.approx((1 - 0.5**10) / 0.5)

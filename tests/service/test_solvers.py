@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels.reference import residuals
 from models.reciprocal import Reciprocal, ReciprocalInput
-from service.solvers import SolverState, anderson_weights, residuals
+from service.solvers import SolverState, anderson_weights
 
 
 def _iterate(model: Reciprocal, x: list[float], steps: int, beta: float = 1.0, m: int = 0, eta: float = 1.0):
