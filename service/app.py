@@ -6,12 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from models.base import ImplicitModel
+from service.auth import require_key
 from service.config import Settings
 from service.errors import error_body, install_handlers
+from service.routes_stream import router as stream_router
 from service.routes_v1 import router as v1_router
 from service.state import ServerState
 
@@ -29,7 +32,8 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
     app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan)
     app.state.eq = state
     install_handlers(app)
-    app.include_router(v1_router)
+    app.include_router(v1_router, dependencies=[Depends(require_key)])
+    app.include_router(stream_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -42,5 +46,10 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
         if not state.ready:
             return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
         return {"status": "ready", "models": list(state.served)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of every served model."""
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -32,6 +32,15 @@ class Settings:
     timeout_cap_s: float = field(
         default=300.0, metadata={"help": "largest budget.timeout_s; also the default"}
     )
+    api_key: str = field(
+        default="", metadata={"help": "if set, /v1 and /v2 model routes need 'Bearer <key>'"}
+    )
+    stream_grace_s: float = field(
+        default=30.0, metadata={"help": "how long a stream keeps a stopped solve's state for 'extend'"}
+    )
+    stream_buffer: int = field(
+        default=64, metadata={"help": "iterate events a slow stream client may lag behind"}
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def __post_init__(self) -> None:

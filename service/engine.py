@@ -235,8 +235,6 @@ class Engine:
                     self._admit(admitted)
                 if self._rows:
                     self._tick()
-                else:
-                    self.last_tick_rows = 0
         self._fail_all(Stop.CANCELLED)
 
     def _take_admissions(self) -> list[SolveJob]:
@@ -274,6 +272,7 @@ class Engine:
         self._rows = rows
         if not rows:
             self._t, self._solver, self._bctx = {}, None, {}
+            self.last_tick_rows = 0
             return
         width = max(r.job.size for r in rows)
         jobs = [r.job for r in fresh]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.engine import ModelStepError, QueueFull, SolveJob, SolveResult
+from service.engine import ModelStepError, SolveJob, SolveResult
 from service.errors import ApiError, read_json, validate
-from service.jobs import build_job
-from service.schemas import SolveRequest, SolveResponse, Timing
+from service.jobs import build_job, submit
+from service.responses import to_response
+from service.routes_stream import sse_response
+from service.schemas import SolveRequest, SolveResponse
 from service.state import Served, ServerState
 
 router = APIRouter()
@@ -22,52 +23,6 @@ DISCONNECT_POLL_S = 0.25
 
 def _state(request: Request) -> ServerState:
     return request.app.state.eq
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def to_response(model: str, r: SolveResult) -> SolveResponse:
-    """The JSON answer of a finished solve (non-finite residuals become null)."""
-    trace = (
-        [
-            {**p, "residual": _finite(p["residual"]), "rel_residual": _finite(p["rel_residual"])}
-            for p in r.trace
-        ]
-        if r.trace is not None
-        else None
-    )
-    extra: dict[str, Any] = {}
-    if trace is not None:
-        extra["trace"] = trace
-    if r.state is not None:
-        extra["state"] = r.state
-    return SolveResponse(
-        id=r.id,
-        model=model,
-        output=r.output,
-        status=r.status,  # type: ignore[arg-type]
-        iterations=r.iterations,
-        residual=_finite(r.residual),
-        rel_residual=_finite(r.rel_residual),
-        timing=Timing(
-            queue_ms=r.queue_ms,
-            solve_ms=r.solve_ms,
-            per_iter_us=r.solve_ms * 1e3 / r.iterations if r.iterations else 0.0,
-        ),
-        **extra,
-    )
-
-
-def submit(served: Served, job: SolveJob) -> asyncio.Future:
-    """Hand a job to its engine; 429 with Retry-After when the queue is full."""
-    try:
-        return asyncio.wrap_future(served.engine.submit(job))
-    except QueueFull as exc:
-        raise ApiError(
-            429, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-        ) from None
 
 
 async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> SolveResult:
@@ -91,6 +46,8 @@ async def solve(request: Request) -> Any:
     """Solve one fixed point within the request's budget."""
     state = _state(request)
     req = validate(SolveRequest, await read_json(request))
+    if req.stream:
+        return sse_response(state, req)
     served = state.get(req.model)
     job = build_job(served.model, served.meta, req, state.settings)
     result = await wait_result(request, job, submit(served, job))

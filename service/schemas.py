@@ -32,11 +32,13 @@ class SolverOptions(BaseModel):
 
 
 class ReturnOptions(BaseModel):
-    """What to send back besides the output: the residual trace, the raw state, how often."""
+    """What to send besides the output: the residual trace, the raw state, and (in stream events) the
+    state `y` and decoded `output` of every `every`-th iterate."""
 
     model_config = ConfigDict(extra="forbid")
     trace: bool = False
     state: bool = False
+    output: bool = False
     every: int = Field(default=1, ge=1)
 
 
@@ -51,6 +53,14 @@ class SolveRequest(BaseModel):
     warm_start: list[FiniteFloat] | None = None
     return_: ReturnOptions = Field(default_factory=ReturnOptions, alias="return")
     stream: bool = False
+
+
+class ExtendMessage(BaseModel):
+    """WebSocket: spend `max_iters` more iterations on a solve that stopped on its budget."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["extend"]
+    max_iters: int = Field(ge=1)
 
 
 class Timing(BaseModel):

@@ -9,6 +9,7 @@ from models.registry import load_model
 from service.config import Settings
 from service.engine import Engine
 from service.errors import ApiError
+from service.metrics import Metrics
 
 
 @dataclass
@@ -26,6 +27,10 @@ class ServerState:
 
     settings: Settings
     served: dict[str, Served] = field(default_factory=dict)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.settings.max_iters_cap)
 
     def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
         """Load each configured model (or take the given ones) and start its worker."""
@@ -37,6 +42,7 @@ class ServerState:
                 max_queue=self.settings.max_queue,
                 batching=self.settings.batching,  # type: ignore[arg-type]
             )
+            self.metrics.observe(engine)
             engine.start()
             self.served[name] = Served(model, model.meta(), engine)
 

@@ -1,0 +1,183 @@
+"""Streaming solves: WS /v1/solve/stream (with cancel and extend) and server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+
+from service import auth
+from service.engine import ModelStepError, SolveJob, SolveResult, extend_job
+from service.errors import ApiError, error_body, validate
+from service.jobs import build_job, submit
+from service.responses import to_response
+from service.schemas import ExtendMessage, SolveRequest
+from service.state import Served, ServerState
+from service.streams import EventStream, iterate_hook
+
+router = APIRouter()
+
+
+def result_event(model: str, result: SolveResult, dropped: int) -> dict[str, Any]:
+    """The final stream event: /v1/solve's answer plus how many iterates were dropped."""
+    body = to_response(model, result).model_dump(mode="json", exclude_unset=True)
+    return {"type": "result", **body, "dropped": dropped}
+
+
+def start_leg(served: Served, job: SolveJob, stream: EventStream) -> asyncio.Future:
+    """Submit `job`; its result (or failure) becomes the stream's final event."""
+    fut = submit(served, job)
+
+    def done(f: asyncio.Future) -> None:
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if exc is None:
+            stream.finish(result_event(served.meta.name, f.result(), stream.dropped))
+        elif isinstance(exc, ModelStepError):
+            stream.finish({"type": "error", **error_body("model_error", str(exc))})
+        else:
+            stream.finish({"type": "error", **error_body("internal_error", repr(exc))})
+
+    fut.add_done_callback(done)
+    return fut
+
+
+def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, EventStream]:
+    """Build the job of a streaming request with its event stream attached."""
+    served = state.get(req.model)
+    job = build_job(served.model, served.meta, req, state.settings)
+    stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer)
+    job.on_iterate = iterate_hook(stream, served.model, job, req.return_.state, req.return_.output)
+    return served, job, stream
+
+
+def sse_response(state: ServerState, req: SolveRequest) -> StreamingResponse:
+    """POST /v1/solve with "stream": true: one `data:` line per event; leaving cancels the solve."""
+    served, job, stream = prepare(state, req)
+    start_leg(served, job, stream)
+    gauge = state.metrics.stream_clients.labels(served.meta.name)
+
+    async def body() -> AsyncIterator[bytes]:
+        gauge.inc()
+        try:
+            async for event in stream.events():
+                yield f"data: {json.dumps(event)}\n\n".encode()
+        finally:
+            job.cancelled = True
+            gauge.dec()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class _Control:
+    """What the client sends while its solve runs: cancel at once, queue extends."""
+
+    def __init__(self, ws: WebSocket, cap: int) -> None:
+        self.ws, self.cap = ws, cap
+        self.job: SolveJob | None = None
+        self.extends: asyncio.Queue[ExtendMessage | None] = asyncio.Queue()
+
+    async def read(self) -> None:
+        try:
+            while True:
+                msg = await self.ws.receive_json()
+                kind = msg.get("type") if isinstance(msg, dict) else None
+                if kind == "cancel":
+                    if self.job is not None:
+                        self.job.cancelled = True
+                    await self.extends.put(None)
+                elif kind == "extend":
+                    try:
+                        await self.extends.put(validate(ExtendMessage, msg))
+                    except ApiError as exc:
+                        await self.ws.send_json(
+                            {"type": "error", **error_body(exc.type, exc.message, exc.field)}
+                        )
+                else:
+                    err = error_body(
+                        "invalid_message", "expected {'type': 'cancel'} or {'type': 'extend', ...}", "type"
+                    )
+                    await self.ws.send_json({"type": "error", **err})
+        except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
+            if self.job is not None:
+                self.job.cancelled = True
+            await self.extends.put(None)
+
+
+@router.websocket("/v1/solve/stream")
+async def solve_stream(ws: WebSocket) -> None:
+    """Stream one solve's iterates; the client may cancel, and extend a solve stopped on budget."""
+    state: ServerState = ws.app.state.eq
+    await ws.accept()
+    try:
+        token = ws.headers.get("authorization") or (
+            f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
+        )
+        auth.check(ws.url.path, token, state.settings.api_key)
+        req = validate(SolveRequest, await ws.receive_json())
+        served, job, stream = prepare(state, req)
+    except ApiError as exc:
+        await ws.send_json({"type": "error", **error_body(exc.type, exc.message, exc.field)})
+        await ws.close(code=1008 if exc.status == 401 else 1000)
+        return
+    except (json.JSONDecodeError, KeyError) as exc:
+        await ws.send_json(
+            {"type": "error", **error_body("invalid_json", f"request is not valid JSON: {exc}")}
+        )
+        await ws.close()
+        return
+    except WebSocketDisconnect:
+        return
+    gauge = state.metrics.stream_clients.labels(served.meta.name)
+    gauge.inc()
+    control = _Control(ws, state.settings.max_iters_cap)
+    reader = asyncio.create_task(control.read())
+    try:
+        await _legs(ws, state, served, job, stream, control)
+    except (WebSocketDisconnect, RuntimeError):
+        job.cancelled = True
+    finally:
+        if control.job is not None:
+            control.job.cancelled = True
+        reader.cancel()
+        gauge.dec()
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+async def _legs(
+    ws: WebSocket, state: ServerState, served: Served, job: SolveJob, stream: EventStream, control: _Control
+) -> None:
+    """Run the solve, then each extension the client asks for within the grace period."""
+    while True:
+        control.job = job
+        try:
+            fut = start_leg(served, job, stream)
+        except ApiError as exc:
+            await ws.send_json({"type": "error", **error_body(exc.type, exc.message, exc.field)})
+            return
+        async for event in stream.events():
+            await ws.send_json(event)
+        result: SolveResult | None = None if fut.exception() else fut.result()
+        if result is None or result.resume is None:
+            return
+        try:
+            ext = await asyncio.wait_for(control.extends.get(), state.settings.stream_grace_s)
+        except TimeoutError:
+            return
+        if ext is None:
+            return
+        if result.resume.iterations + ext.max_iters > state.settings.max_iters_cap:
+            err = error_body(
+                "over_cap", f"extending past the server's cap {state.settings.max_iters_cap}", "max_iters"
+            )
+            await ws.send_json({"type": "error", **err})
+            return
+        job = extend_job(job, result, ext.max_iters)
+        stream.reset()
