@@ -14,6 +14,7 @@ from models.base import ImplicitModel
 from service.auth import require_key
 from service.config import Settings
 from service.errors import error_body, install_handlers
+from service.routes_page import mount_page
 from service.routes_stream import router as stream_router
 from service.routes_v1 import router as v1_router
 from service.state import ServerState
@@ -34,6 +35,7 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
     install_handlers(app)
     app.include_router(v1_router, dependencies=[Depends(require_key)])
     app.include_router(stream_router)
+    mount_page(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

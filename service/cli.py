@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from models.registry import REGISTRY, load_model, names
 from service import config
+from service.client import DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+PROGRESS_EVERY_S = 0.1
+"""How often `eqserve solve --stream` redraws its progress line."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -38,9 +42,14 @@ def _solve(args: argparse.Namespace) -> int:
         "method": args.method,
         "stop_mode": args.stop_mode,
     }
-    with Client(args.url) as client:
+    with Client(args.url, api_key=args.api_key) as client:
         try:
-            result = client.solve(args.model, _read_input(args.input), **options)
+            if args.stream:
+                result = _stream_with_progress(
+                    client, args.model, _read_input(args.input), args.every, options
+                )
+            else:
+                result = client.solve(args.model, _read_input(args.input), **options)
         except EqserveError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -48,10 +57,33 @@ def _solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_with_progress(client: Any, model: str, inp: dict[str, Any], every: int, options: dict) -> dict:
+    """Stream a solve, redrawing one progress line on stderr; return the result event."""
+    start = shown = time.perf_counter()
+    with client.stream(model, inp, every=every, **options) as stream:
+        for event in stream:
+            now = time.perf_counter()
+            if event["type"] == "iterate" and now - shown >= PROGRESS_EVERY_S:
+                shown = now
+                residual = event["residual"] if event["residual"] is not None else float("nan")
+                rate = event["t"] / (now - start)
+                line = f"\r  t={event['t']:>7}  residual={residual:.3e}  {rate:,.0f} it/s "
+                print(line, end="", file=sys.stderr, flush=True)
+        result = stream.result
+    assert result is not None
+    t = result["timing"]
+    print(
+        f"\n  {result['status']} after {result['iterations']} iterations, residual {result['residual']}, "
+        f"{t['solve_ms']:.1f} ms solving ({t['per_iter_us']:.0f} µs/iteration), {result['dropped']} dropped",
+        file=sys.stderr,
+    )
+    return result
+
+
 def _models(args: argparse.Namespace) -> int:
     from service.client import Client
 
-    with Client(args.url) as client:
+    with Client(args.url, api_key=args.api_key) as client:
         for m in client.models():
             d = m["defaults"]["budget"]
             print(f"{m['name']:<12} max_iters={d['max_iters']:<6} tol={d['tol']:<8g} {m['description']}")
@@ -118,11 +150,15 @@ def parser() -> argparse.ArgumentParser:
     solve.add_argument("--tol", type=float)
     solve.add_argument("--stop-mode", choices=["abs", "rel"])
     solve.add_argument("--method", choices=["picard", "anderson"])
+    solve.add_argument("--stream", action="store_true", help="stream iterates with a live progress line")
+    solve.add_argument("--every", type=int, default=1, help="with --stream: an event every N iterations")
     solve.add_argument("--url", default=DEFAULT_URL)
+    solve.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
     solve.set_defaults(func=_solve)
 
     models = sub.add_parser("models", help="list the models of a running server")
     models.add_argument("--url", default=DEFAULT_URL)
+    models.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
     models.set_defaults(func=_models)
 
     train = sub.add_parser("train", help="train a built-in model and write its weights")

@@ -1,10 +1,16 @@
-"""A Python client of a running eqserve server."""
+"""Python clients of a running eqserve server: sync and async, plain and streaming."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import websockets
+from websockets.sync.client import connect as ws_connect
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class EqserveError(Exception):
@@ -30,6 +36,9 @@ def solve_body(
     damping: float | None = None,
     m: int | None = None,
     trace: bool = False,
+    every: int = 1,
+    output: bool = False,
+    state: bool = False,
 ) -> dict[str, Any]:
     """The /v1/solve request body; options left None take the model's defaults."""
     budget = {"max_iters": max_iters, "tol": tol, "stop_mode": stop_mode, "timeout_s": timeout_s}
@@ -39,36 +48,87 @@ def solve_body(
         "input": input,
         "budget": {k: v for k, v in budget.items() if v is not None},
         "solver": {k: v for k, v in solver.items() if v is not None},
-        "return": {"trace": trace},
+        "return": {"trace": trace, "every": every, "output": output, "state": state},
     }
 
 
+def _check(resp: httpx.Response) -> dict[str, Any]:
+    body = resp.json()
+    if resp.status_code >= 400:
+        raise EqserveError(resp.status_code, body)
+    return body
+
+
+def _ws_url(url: str, api_key: str | None) -> str:
+    base = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
+    return f"{base}/v1/solve/stream" + (f"?token={api_key}" if api_key else "")
+
+
+def _raise_on_error(event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("type") == "error":
+        raise EqserveError(0, event)
+    return event
+
+
+class SolveStream:
+    """One streaming solve over a WebSocket: iterate it for events; `cancel()` and `extend(n)`."""
+
+    def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
+        self._ws = ws_connect(_ws_url(url, api_key)).__enter__()
+        self._ws.send(json.dumps(body))
+        self.result: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Events up to and including the next result."""
+        while True:
+            event = _raise_on_error(json.loads(self._ws.recv()))
+            yield event
+            if event["type"] == "result":
+                self.result = event
+                return
+
+    def extend(self, max_iters: int) -> None:
+        """Go on for `max_iters` more iterations (after a result with status max_iters or deadline)."""
+        self._ws.send(json.dumps({"type": "extend", "max_iters": max_iters}))
+
+    def cancel(self) -> None:
+        """Stop the solve; its result arrives with status `cancelled`."""
+        self._ws.send(json.dumps({"type": "cancel"}))
+
+    def close(self) -> None:
+        """Close the connection (the server cancels a solve still running)."""
+        self._ws.close()
+
+    def __enter__(self) -> SolveStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Client:
-    """Synchronous client: `solve`, `models`, `model`."""
+    """Synchronous client: `solve`, `stream`, `models`, `model`."""
 
-    def __init__(
-        self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600
-    ) -> None:
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 600) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url, self.api_key = url, api_key
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
-
-    def _check(self, resp: httpx.Response) -> dict[str, Any]:
-        body = resp.json()
-        if resp.status_code >= 400:
-            raise EqserveError(resp.status_code, body)
-        return body
 
     def solve(self, model: str, input: dict[str, Any], **options: Any) -> dict[str, Any]:
         """Solve and return the /v1/solve answer."""
-        return self._check(self._http.post("/v1/solve", json=solve_body(model, input, **options)))
+        return _check(self._http.post("/v1/solve", json=solve_body(model, input, **options)))
+
+    def stream(self, model: str, input: dict[str, Any], **options: Any) -> SolveStream:
+        """Start a streaming solve; iterate the returned stream for its events."""
+        return SolveStream(self.url, solve_body(model, input, **options), self.api_key)
 
     def models(self) -> list[dict[str, Any]]:
         """The served models."""
-        return self._check(self._http.get("/v1/models"))["models"]
+        return _check(self._http.get("/v1/models"))["models"]
 
     def model(self, name: str) -> dict[str, Any]:
         """One model's schemas, defaults and example input."""
-        return self._check(self._http.get(f"/v1/models/{name}"))
+        return _check(self._http.get(f"/v1/models/{name}"))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -79,3 +139,72 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncSolveStream:
+    """The async twin of SolveStream; use `async with client.stream(...) as s: async for e in s`."""
+
+    def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
+        self._url, self._body = _ws_url(url, api_key), body
+        self._ws: Any = None
+        self.result: dict[str, Any] | None = None
+
+    async def __aenter__(self) -> AsyncSolveStream:
+        self._ws = await websockets.connect(self._url)
+        await self._ws.send(json.dumps(self._body))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._ws.close()
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        """Events up to and including the next result."""
+        while True:
+            event = _raise_on_error(json.loads(await self._ws.recv()))
+            yield event
+            if event["type"] == "result":
+                self.result = event
+                return
+
+    async def extend(self, max_iters: int) -> None:
+        """Go on for `max_iters` more iterations."""
+        await self._ws.send(json.dumps({"type": "extend", "max_iters": max_iters}))
+
+    async def cancel(self) -> None:
+        """Stop the solve."""
+        await self._ws.send(json.dumps({"type": "cancel"}))
+
+
+class AsyncClient:
+    """Asynchronous client: `solve`, `stream`, `models`, `model`."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 600) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url, self.api_key = url, api_key
+        self._http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
+
+    async def solve(self, model: str, input: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """Solve and return the /v1/solve answer."""
+        return _check(await self._http.post("/v1/solve", json=solve_body(model, input, **options)))
+
+    def stream(self, model: str, input: dict[str, Any], **options: Any) -> AsyncSolveStream:
+        """A streaming solve, to be entered with `async with`."""
+        return AsyncSolveStream(self.url, solve_body(model, input, **options), self.api_key)
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The served models."""
+        return _check(await self._http.get("/v1/models"))["models"]
+
+    async def model(self, name: str) -> dict[str, Any]:
+        """One model's schemas, defaults and example input."""
+        return _check(await self._http.get(f"/v1/models/{name}"))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

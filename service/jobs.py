@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import torch
 
 from models.base import ImplicitModel, InputError, ModelMeta
 from service.config import Settings
-from service.engine import QueueFull, SolveJob, new_id
+from service.engine import SolveJob, new_id
 from service.errors import ApiError, validate
 from service.schemas import SolveRequest
-from service.state import Served
 
 
 def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings: Settings) -> SolveJob:
@@ -69,13 +66,3 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         every=req.return_.every,
         return_state=req.return_.state,
     )
-
-
-def submit(served: Served, job: SolveJob) -> asyncio.Future:
-    """Hand a job to its engine; 429 with Retry-After when the queue is full."""
-    try:
-        return asyncio.wrap_future(served.engine.submit(job))
-    except QueueFull as exc:
-        raise ApiError(
-            429, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-        ) from None

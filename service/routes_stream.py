@@ -14,7 +14,6 @@ from fastapi.responses import StreamingResponse
 from service import auth
 from service.engine import ModelStepError, SolveJob, SolveResult, extend_job
 from service.errors import ApiError, error_body, validate
-from service.jobs import build_job, submit
 from service.responses import to_response
 from service.schemas import ExtendMessage, SolveRequest
 from service.state import Served, ServerState
@@ -29,9 +28,9 @@ def result_event(model: str, result: SolveResult, dropped: int) -> dict[str, Any
     return {"type": "result", **body, "dropped": dropped}
 
 
-def start_leg(served: Served, job: SolveJob, stream: EventStream) -> asyncio.Future:
+def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventStream) -> asyncio.Future:
     """Submit `job`; its result (or failure) becomes the stream's final event."""
-    fut = submit(served, job)
+    fut = state.submit(served, job)
 
     def done(f: asyncio.Future) -> None:
         if f.cancelled():
@@ -51,7 +50,7 @@ def start_leg(served: Served, job: SolveJob, stream: EventStream) -> asyncio.Fut
 def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, EventStream]:
     """Build the job of a streaming request with its event stream attached."""
     served = state.get(req.model)
-    job = build_job(served.model, served.meta, req, state.settings)
+    job = state.build(served, req)
     stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer)
     job.on_iterate = iterate_hook(stream, served.model, job, req.return_.state, req.return_.output)
     return served, job, stream
@@ -60,7 +59,7 @@ def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, Ev
 def sse_response(state: ServerState, req: SolveRequest) -> StreamingResponse:
     """POST /v1/solve with "stream": true: one `data:` line per event; leaving cancels the solve."""
     served, job, stream = prepare(state, req)
-    start_leg(served, job, stream)
+    start_leg(state, served, job, stream)
     gauge = state.metrics.stream_clients.labels(served.meta.name)
 
     async def body() -> AsyncIterator[bytes]:
@@ -158,7 +157,7 @@ async def _legs(
     while True:
         control.job = job
         try:
-            fut = start_leg(served, job, stream)
+            fut = start_leg(state, served, job, stream)
         except ApiError as exc:
             await ws.send_json({"type": "error", **error_body(exc.type, exc.message, exc.field)})
             return

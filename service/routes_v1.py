@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 
 from service.engine import ModelStepError, SolveJob, SolveResult
 from service.errors import ApiError, read_json, validate
-from service.jobs import build_job, submit
 from service.responses import to_response
 from service.routes_stream import sse_response
 from service.schemas import SolveRequest, SolveResponse
@@ -49,8 +48,8 @@ async def solve(request: Request) -> Any:
     if req.stream:
         return sse_response(state, req)
     served = state.get(req.model)
-    job = build_job(served.model, served.meta, req, state.settings)
-    result = await wait_result(request, job, submit(served, job))
+    job = state.build(served, req)
+    result = await wait_result(request, job, state.submit(served, job))
     return to_response(req.model, result)
 
 

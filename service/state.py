@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from models.base import ImplicitModel, ModelMeta
 from models.registry import load_model
 from service.config import Settings
-from service.engine import Engine
+from service.engine import Engine, QueueFull, SolveJob
 from service.errors import ApiError
+from service.jobs import build_job
 from service.metrics import Metrics
+from service.schemas import SolveRequest
 
 
 @dataclass
@@ -58,6 +61,23 @@ class ServerState:
                 404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model"
             )
         return self.served[name]
+
+    def build(self, served: Served, req: SolveRequest) -> SolveJob:
+        """The engine job of a validated request; a refusal is counted by its reason."""
+        try:
+            return build_job(served.model, served.meta, req, self.settings)
+        except ApiError as exc:
+            self.metrics.rejected.labels(served.meta.name, exc.type).inc()
+            raise
+
+    def submit(self, served: Served, job: SolveJob) -> asyncio.Future:
+        """Hand a job to its engine; 429 with Retry-After (and counted) when the queue is full."""
+        try:
+            return asyncio.wrap_future(served.engine.submit(job))
+        except QueueFull as exc:
+            self.metrics.rejected.labels(served.meta.name, "queue_full").inc()
+            headers = {"Retry-After": str(int(exc.retry_after))}
+            raise ApiError(429, "overloaded", str(exc), headers=headers) from None
 
     @property
     def ready(self) -> bool:

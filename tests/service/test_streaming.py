@@ -1,0 +1,189 @@
+"""WS /v1/solve/stream and SSE: events, cancel, extend, disconnect, slow readers, auth."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from models.reciprocal import Reciprocal
+from service.app import create_app
+from service.client import Client, EqserveError
+from service.config import Settings
+from tests.live_server import live_server
+from tests.service.test_disconnect import assert_engine_goes_idle
+
+SLOW = {"x": [1e-5]}
+"""An input whose solve with tol 0 runs as long as its budget allows."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, object]]:
+    settings = Settings(models=[], max_iters_cap=10**8, stream_buffer=100_000, stream_grace_s=5)
+    app = create_app(settings, {"reciprocal": Reciprocal()})
+    with live_server(app) as url:
+        yield url, app
+
+
+def ws_url(url: str) -> str:
+    return url.replace("http", "ws") + "/v1/solve/stream"
+
+
+def request(**kw: object) -> dict:
+    body: dict = {"model": "reciprocal", "input": {"x": [0.5, 0.25]}, "budget": {"tol": 1e-10}}
+    return body | kw
+
+
+def drain(ws) -> list[dict]:
+    events = []
+    while True:
+        events.append(json.loads(ws.recv(timeout=10)))
+        if events[-1]["type"] in ("result", "error"):
+            return events
+
+
+def test_every_iterate_then_the_result(server) -> None:
+    url, _ = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(**{"return": {"every": 1, "output": True}})))
+        events = drain(ws)
+    result = events[-1]
+    iterates = events[:-1]
+    assert result["status"] == "converged" and result["dropped"] == 0
+    assert [e["t"] for e in iterates] == list(range(1, result["iterations"] + 1))
+    assert all(e["type"] == "iterate" and "output" in e and "y" not in e for e in iterates)
+    assert iterates[-1]["residual"] == result["residual"]
+    assert iterates[-1]["output"] == result["output"]
+    plain = httpx.post(f"{url}/v1/solve", json=request()).json()
+    assert plain["output"] == result["output"] and plain["iterations"] == result["iterations"]
+
+
+def test_every_k_with_state(server) -> None:
+    url, _ = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(budget={"max_iters": 10, "tol": 0}, **{"return": {"every": 4, "state": True}})))
+        events = drain(ws)
+    assert [e["t"] for e in events[:-1]] == [4, 8, 10]
+    assert all(len(e["y"]) == 2 and "output" not in e for e in events[:-1])
+
+
+def test_cancel_stops_the_solve(server) -> None:
+    url, app = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})))
+        first = json.loads(ws.recv(timeout=10))
+        assert first["type"] == "iterate"
+        ws.send(json.dumps({"type": "cancel"}))
+        result = drain(ws)[-1]
+    assert result["status"] == "cancelled"
+    assert_engine_goes_idle(app.state.eq.served["reciprocal"].engine)
+
+
+def test_extend_goes_on_from_where_the_budget_stopped(server) -> None:
+    url, _ = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(input={"x": [0.1]}, budget={"max_iters": 5, "tol": 0})))
+        first = drain(ws)
+        assert first[-1]["status"] == "max_iters" and first[-1]["iterations"] == 5
+        ws.send(json.dumps({"type": "extend", "max_iters": 4}))
+        second = drain(ws)
+    assert [e["t"] for e in second[:-1]] == [6, 7, 8, 9]
+    assert second[-1]["iterations"] == 9
+    assert second[-1]["output"]["y"][0] == pytest.approx((1 - 0.9**9) / 0.1)
+
+
+def test_a_converged_stream_closes_instead_of_extending(server) -> None:
+    url, _ = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request()))
+        assert drain(ws)[-1]["status"] == "converged"
+        with pytest.raises(Exception, match="1000|closed|ConnectionClosed"):
+            ws.recv(timeout=5)
+
+
+def test_disconnect_cancels_within_an_iteration(server) -> None:
+    url, app = server
+    engine = app.state.eq.served["reciprocal"].engine
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})))
+        assert json.loads(ws.recv(timeout=10))["type"] == "iterate"
+        ws.close()
+        assert_engine_goes_idle(engine)
+
+
+def test_slow_reader_loses_iterates_but_never_the_result() -> None:
+    app = create_app(Settings(models=[], stream_buffer=8), {"reciprocal": Reciprocal()})
+    with live_server(app) as url, connect(ws_url(url)) as ws:
+        engine = app.state.eq.served["reciprocal"].engine
+        ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 3000})))
+        while engine.running == 0:
+            time.sleep(0.005)
+        while engine.running:  # read nothing until the solve is over
+            time.sleep(0.01)
+        events = drain(ws)
+    result = events[-1]
+    assert result["iterations"] == 3000 and result["status"] == "max_iters"
+    assert result["dropped"] > 0
+    assert len(events) - 1 + result["dropped"] == 3000
+    ts = [e["t"] for e in events[:-1]]
+    assert ts == sorted(ts) and ts[-1] == 3000
+
+
+def test_bad_request_over_ws_is_an_error_event(server) -> None:
+    url, _ = server
+    with connect(ws_url(url)) as ws:
+        ws.send(json.dumps(request(budget={"tol": -1})))
+        event = json.loads(ws.recv(timeout=5))
+    assert event["type"] == "error" and event["error"]["field"] == "budget.tol"
+
+
+def test_sse_sends_the_same_events(server) -> None:
+    url, _ = server
+    with httpx.stream("POST", f"{url}/v1/solve", json=request(stream=True, budget={"max_iters": 6, "tol": 0})) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["iterate"] * 6 + ["result"]
+    assert events[-1]["iterations"] == 6
+
+
+def test_python_client_streams_extends_and_cancels(server) -> None:
+    url, _ = server
+    with Client(url) as client:
+        with client.stream("reciprocal", {"x": [0.1]}, max_iters=3, tol=0.0) as s:
+            assert [e["t"] for e in s if e["type"] == "iterate"] == [1, 2, 3]
+            s.extend(2)
+            assert [e["t"] for e in s if e["type"] == "iterate"] == [4, 5]
+            assert s.result is not None and s.result["iterations"] == 5
+        with client.stream("reciprocal", SLOW, max_iters=10**8, tol=0.0, every=500) as s:
+            for event in s:
+                if event["type"] == "iterate":
+                    s.cancel()
+            assert s.result is not None and s.result["status"] == "cancelled"
+        with pytest.raises(EqserveError, match="budget.tol"):
+            list(client.stream("reciprocal", {"x": [0.5]}, tol=-1.0))
+
+
+def test_auth_guards_models_and_streams_but_not_health() -> None:
+    app = create_app(Settings(models=[], api_key="s3cret"), {"reciprocal": Reciprocal()})
+    with live_server(app) as url:
+        body = request()
+        assert httpx.post(f"{url}/v1/solve", json=body).status_code == 401
+        wrong = httpx.post(f"{url}/v1/solve", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "unauthorized"
+        ok = httpx.post(f"{url}/v1/solve", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(f"{url}{open_path}").status_code == 200
+        with connect(ws_url(url)) as ws:
+            ws.send(json.dumps(body))
+            assert json.loads(ws.recv(timeout=5))["error"]["type"] == "unauthorized"
+        with connect(ws_url(url) + "?token=s3cret") as ws:
+            ws.send(json.dumps(body))
+            assert drain(ws)[-1]["status"] == "converged"
+        with Client(url, api_key="s3cret") as client:
+            assert client.solve("reciprocal", {"x": [0.5]})["status"] == "converged"
