@@ -367,10 +367,10 @@ class Engine:
                         row.trace,
                     )
                 self._finish(row, stop, y_row, resume=resume)
-        if len(keep) < len(self._rows):
-            self._rebuild(keep, [])
         self.ticks += 1
         self.last_tick_rows = len(codes)
+        if len(keep) < len(self._rows):
+            self._rebuild(keep, [])
         self.observer.tick(time.perf_counter() - start, len(codes))
 
     def _finish(

@@ -61,7 +61,7 @@ async function loadModel() {
     const m = await api(`/v1/models/${encodeURIComponent($("model").value)}`);
     const { budget, solver } = m.defaults;
     $("model-desc").textContent = m.description;
-    $("input").value = JSON.stringify(m.example_input, null, 2);
+    $("input").value = prettyJson(m.example_input);
     $("max-iters").value = budget.max_iters;
     $("tol").value = budget.tol;
     $("stop-mode").value = budget.stop_mode;
@@ -241,6 +241,11 @@ function formatExp(v) {
   return v == null ? "non-finite" : v.toExponential(3);
 }
 
+// JSON indented by object, with lists of numbers kept on one line.
+function prettyJson(v) {
+  return JSON.stringify(v, null, 2).replace(/\[\s+([-+\d.eE,\s]*?)\s+\]/g, (_, nums) => `[${nums.split(/,\s+/).join(", ")}]`);
+}
+
 function formatNumber(v) {
   return Number.isInteger(v) && Math.abs(v) < 1e9 ? String(v) : String(Number(v.toPrecision(6)));
 }
@@ -348,7 +353,7 @@ function draw() {
     const y = Y(run.tol);
     marks.append(
       el("line", { class: "tol", x1: MARGIN.left, x2: MARGIN.left + pw, y1: y, y2: y }),
-      el("text", { class: "tol-label", x: MARGIN.left + pw - 4, y: y - 5, "text-anchor": "end" }, `tol ${run.tol}`),
+      el("text", { class: "tol-label", x: MARGIN.left + 6, y: y - 5 }, `tol ${run.tol}`),
     );
   }
   for (const t of run.legs) {

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 from models.reciprocal import Reciprocal
@@ -65,7 +66,9 @@ def test_every_iterate_then_the_result(server) -> None:
 def test_every_k_with_state(server) -> None:
     url, _ = server
     with connect(ws_url(url)) as ws:
-        ws.send(json.dumps(request(budget={"max_iters": 10, "tol": 0}, **{"return": {"every": 4, "state": True}})))
+        ws.send(
+            json.dumps(request(budget={"max_iters": 10, "tol": 0}, **{"return": {"every": 4, "state": True}}))
+        )
         events = drain(ws)
     assert [e["t"] for e in events[:-1]] == [4, 8, 10]
     assert all(len(e["y"]) == 2 and "output" not in e for e in events[:-1])
@@ -74,7 +77,11 @@ def test_every_k_with_state(server) -> None:
 def test_cancel_stops_the_solve(server) -> None:
     url, app = server
     with connect(ws_url(url)) as ws:
-        ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})))
+        ws.send(
+            json.dumps(
+                request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})
+            )
+        )
         first = json.loads(ws.recv(timeout=10))
         assert first["type"] == "iterate"
         ws.send(json.dumps({"type": "cancel"}))
@@ -101,7 +108,7 @@ def test_a_converged_stream_closes_instead_of_extending(server) -> None:
     with connect(ws_url(url)) as ws:
         ws.send(json.dumps(request()))
         assert drain(ws)[-1]["status"] == "converged"
-        with pytest.raises(Exception, match="1000|closed|ConnectionClosed"):
+        with pytest.raises(ConnectionClosedOK):
             ws.recv(timeout=5)
 
 
@@ -109,7 +116,11 @@ def test_disconnect_cancels_within_an_iteration(server) -> None:
     url, app = server
     engine = app.state.eq.served["reciprocal"].engine
     with connect(ws_url(url)) as ws:
-        ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})))
+        ws.send(
+            json.dumps(
+                request(input=SLOW, budget={"tol": 0, "max_iters": 10**8}, **{"return": {"every": 1000}})
+            )
+        )
         assert json.loads(ws.recv(timeout=10))["type"] == "iterate"
         ws.close()
         assert_engine_goes_idle(engine)
@@ -143,9 +154,11 @@ def test_bad_request_over_ws_is_an_error_event(server) -> None:
 
 def test_sse_sends_the_same_events(server) -> None:
     url, _ = server
-    with httpx.stream("POST", f"{url}/v1/solve", json=request(stream=True, budget={"max_iters": 6, "tol": 0})) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/solve", json=request(stream=True, budget={"max_iters": 6, "tol": 0})
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+        events = [json.loads(line[len("data: ") :]) for line in r.iter_lines() if line.startswith("data: ")]
     assert [e["type"] for e in events] == ["iterate"] * 6 + ["result"]
     assert events[-1]["iterations"] == 6
 
@@ -163,7 +176,7 @@ def test_python_client_streams_extends_and_cancels(server) -> None:
                 if event["type"] == "iterate":
                     s.cancel()
             assert s.result is not None and s.result["status"] == "cancelled"
-        with pytest.raises(EqserveError, match="budget.tol"):
+        with pytest.raises(EqserveError, match=r"budget\.tol"):
             list(client.stream("reciprocal", {"x": [0.5]}, tol=-1.0))
 
 
