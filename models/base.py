@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file
 from torch import nn
 
+from models.tensors import TensorMap, float_datatype
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 """A JSON number that must be finite (NaN and ±Infinity are refused with 422)."""
 
@@ -121,6 +123,14 @@ class ImplicitModel(nn.Module):
     def input_schema(self) -> dict[str, Any]:
         """JSON schema of the input."""
         return self.Input.model_json_schema()
+
+    def v2_inputs(self) -> TensorMap:
+        """The input as named v2 tensors, one per `Input` field; override for another mapping."""
+        return TensorMap(self.Input, float_datatype(self.dtype()))
+
+    def v2_outputs(self) -> TensorMap:
+        """The output as named v2 tensors, one per `Output` field; override for another mapping."""
+        return TensorMap(self.Output, float_datatype(self.dtype()))
 
 
 def run_iterations(

@@ -17,6 +17,8 @@ from service.errors import error_body, install_handlers
 from service.routes_page import mount_page
 from service.routes_stream import router as stream_router
 from service.routes_v1 import router as v1_router
+from service.routes_v2 import health_router as v2_health_router
+from service.routes_v2 import router as v2_router
 from service.state import ServerState
 
 
@@ -35,6 +37,8 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
     install_handlers(app)
     app.include_router(v1_router, dependencies=[Depends(require_key)])
     app.include_router(stream_router)
+    app.include_router(v2_health_router)
+    app.include_router(v2_router, dependencies=[Depends(require_key)])
     mount_page(app)
 
     @app.get("/healthz")

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.tensors import Tensor, TensorError
 from service.errors import ApiError, read_json, validate
-from service.jobs import build_job, submit
 from service.responses import to_response
 from service.routes_v1 import wait_result
 from service.schemas import Budget, SolveRequest, SolverOptions
@@ -55,6 +54,7 @@ class V2Route(APIRoute):
     """A route whose errors (its dependencies', such as auth, included) answer in the v2 shape."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, with ApiError and TensorError answered as `{"error": message}`."""
         handler = super().get_route_handler()
 
         async def v2_handler(request: Request) -> Response:
@@ -146,8 +146,8 @@ async def infer(name: str, request: Request) -> dict[str, Any]:
     inp = served.model.v2_inputs().to_dict(body.inputs)
     budget, solver = solve_options(body.parameters)
     req = SolveRequest(model=name, input=inp, budget=budget, solver=solver)
-    job = build_job(served.model, served.meta, req, state.settings)
-    res = to_response(name, await wait_result(request, job, submit(served, job)))
+    job = state.build(served, req)
+    res = to_response(name, await wait_result(request, job, state.submit(served, job)))
     produced = {t.name: t for t in out_map.to_tensors(res.output)} if res.output is not None else {}
     parameters = {
         "status": res.status,

@@ -192,8 +192,7 @@ def test_auth_guards_models_and_streams_but_not_health() -> None:
         assert httpx.get(f"{url}/v1/models").status_code == 401
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert httpx.get(f"{url}{open_path}").status_code == 200
-        with connect(ws_url(url)) as ws:
-            ws.send(json.dumps(body))
+        with connect(ws_url(url)) as ws:  # refused before the request is read
             assert json.loads(ws.recv(timeout=5))["error"]["type"] == "unauthorized"
         with connect(ws_url(url) + "?token=s3cret") as ws:
             ws.send(json.dumps(body))

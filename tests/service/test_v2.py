@@ -62,8 +62,14 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield c
 
 
+def tj(name: str, data: list[Any], shape: list[int] | None = None, datatype: str = "FP64") -> dict[str, Any]:
+    """A tensor's JSON; the shape defaults to the data's length."""
+    shape = [len(data)] if shape is None else shape
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
 def x_tensor(data: list[Any], shape: list[int] | None = None, datatype: str = "FP64") -> dict[str, Any]:
-    return {"name": "x", "shape": [len(data)] if shape is None else shape, "datatype": datatype, "data": data}
+    return tj("x", data, shape, datatype)
 
 
 def infer(client: TestClient, model: str = "reciprocal", **body: Any):
@@ -84,13 +90,18 @@ def test_model_metadata_lists_tensors_with_variable_dims(client: TestClient) -> 
         "name": "reciprocal",
         "versions": [],
         "platform": "eqserve",
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1]}, {"name": "eta", "datatype": "FP64", "shape": [1]}],
+        "inputs": [
+            {"name": "x", "datatype": "FP64", "shape": [-1]},
+            {"name": "eta", "datatype": "FP64", "shape": [1]},
+        ],
         "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1]}],
     }
     deq = client.get("/v2/models/deq-mlp").json()
     assert deq["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1]}]
     assert deq["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1]}]
-    assert client.get("/v2/models/nope").json() == {"error": "no model 'nope'; served: reciprocal, deq-mlp, with-mean, faulty"}
+    missing = client.get("/v2/models/nope")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "no model 'nope'; served: reciprocal, deq-mlp, with-mean, faulty"}
 
 
 def test_infer_honours_budget_parameters_and_request_id(client: TestClient) -> None:
@@ -100,7 +111,8 @@ def test_infer_honours_budget_parameters_and_request_id(client: TestClient) -> N
     assert body["id"] == "42" and body["model_name"] == "reciprocal" and "model_version" not in body
     p = body["parameters"]
     assert p["status"] == "converged" and p["residual"] <= 1e-10 and p["iterations"] > 7
-    assert set(p) == {"status", "iterations", "residual", "rel_residual", "queue_ms", "solve_ms", "per_iter_us"}
+    timing = {"queue_ms", "solve_ms", "per_iter_us"}
+    assert set(p) == {"status", "iterations", "residual", "rel_residual", *timing}
     assert all(isinstance(v, str | int | float | bool) for v in p.values())
     [y] = body["outputs"]
     assert y["name"] == "y" and y["shape"] == [2] and y["datatype"] == "FP64"
@@ -112,7 +124,8 @@ def test_solver_and_stop_mode_parameters_reach_the_solve(client: TestClient) -> 
     inputs = [x_tensor([0.05, 0.1])]
     base = {"tol": 1e-8, "max_iters": 2000}
     picard = infer(client, inputs=inputs, parameters=base).json()["parameters"]
-    anderson = infer(client, inputs=inputs, parameters=base | {"method": "anderson", "m": 3}).json()["parameters"]
+    anderson = infer(client, inputs=inputs, parameters=base | {"method": "anderson", "m": 3})
+    anderson = anderson.json()["parameters"]
     assert picard["status"] == anderson["status"] == "converged"
     assert anderson["iterations"] < picard["iterations"] / 5
     rel = infer(client, parameters={"tol": 1e-6, "stop_mode": "rel", "damping": 0.5}).json()["parameters"]
@@ -122,11 +135,10 @@ def test_solver_and_stop_mode_parameters_reach_the_solve(client: TestClient) -> 
 @pytest.mark.parametrize(
     ("model", "inputs", "v1_input"),
     [
-        ("reciprocal", [x_tensor([0.5, 1.5]), {"name": "eta", "shape": [1], "datatype": "FP64", "data": [0.8]}],
-         {"x": [0.5, 1.5], "eta": 0.8}),
+        ("reciprocal", [x_tensor([0.5, 1.5]), tj("eta", [0.8])], {"x": [0.5, 1.5], "eta": 0.8}),
         ("deq-mlp", [x_tensor([0.1, 0.4, 0.7, 1.0], datatype="FP32")], {"x": [0.1, 0.4, 0.7, 1.0]}),
     ],
-)  # fmt: skip
+)
 def test_v2_answers_as_v1_solve(client: TestClient, model: str, inputs: list, v1_input: dict) -> None:
     budget = {"max_iters": 40, "tol": 1e-12}
     v1 = client.post("/v1/solve", json={"model": model, "input": v1_input, "budget": budget}).json()
@@ -147,18 +159,18 @@ def test_outputs_filter(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "names"),
+    ("body", "says"),
     [
-        ({"inputs": [x_tensor([1, 2], datatype="INT64")]}, "x"),
-        ({"inputs": [x_tensor(["0.5"], datatype="BYTES")]}, "x"),
-        ({"inputs": [x_tensor([0.5, 0.25], shape=[2, 1])]}, "x"),
-        ({"inputs": [x_tensor([0.5, 0.25], shape=[3])]}, "x"),
-        ({"inputs": [x_tensor([0.5, "a"])]}, "x"),
-        ({"inputs": [x_tensor([0.5]), {"name": "eta", "shape": [2], "datatype": "FP64", "data": [1, 1]}]}, "eta"),
-        ({"inputs": [x_tensor([0.5]), {"name": "colour", "shape": [1], "datatype": "FP64", "data": [1]}]}, "colour"),
-        ({"inputs": [{"name": "eta", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "x"),
-        ({"inputs": [x_tensor([0.5]), x_tensor([0.5])]}, "x"),
-        ({"inputs": [x_tensor([0.5, 3.0])]}, "x"),
+        ({"inputs": [x_tensor([1], datatype="INT64")]}, "tensor 'x' has datatype INT64, expected FP64"),
+        ({"inputs": [x_tensor(["0.5"], datatype="BYTES")]}, "tensor 'x' has datatype BYTES"),
+        ({"inputs": [x_tensor([0.5, 0.25], shape=[2, 1])]}, "tensor 'x' has shape [2, 1], expected [-1]"),
+        ({"inputs": [x_tensor([0.5, 0.25], shape=[3])]}, "tensor 'x' of shape [3] needs 3 elements, got 2"),
+        ({"inputs": [x_tensor([0.5, "a"])]}, "tensor 'x' (FP64): element 1 is 'a'"),
+        ({"inputs": [x_tensor([0.5]), tj("eta", [1, 1])]}, "tensor 'eta' has shape [2], expected [1]"),
+        ({"inputs": [x_tensor([0.5]), tj("colour", [1])]}, "unknown tensor 'colour'; expected x, eta"),
+        ({"inputs": [tj("eta", [1.0])]}, "missing tensor 'x'"),
+        ({"inputs": [x_tensor([0.5]), x_tensor([0.5])]}, "tensor 'x' is given twice"),
+        ({"inputs": [x_tensor([0.5, 3.0])]}, "x[1] = 3.0"),
         ({"inputs": [x_tensor([])]}, "input.x"),
         ({"inputs": [x_tensor([0.5], datatype="FLOAT")]}, "inputs.0.datatype"),
         ({"inputs": [x_tensor([0.5], shape=[-1])]}, "inputs.0.shape"),
@@ -176,17 +188,18 @@ def test_outputs_filter(client: TestClient) -> None:
         ({"parameters": {"max_iter": 10}}, "parameters.max_iter"),
     ],
 )
-def test_bad_requests_are_400_naming_the_culprit(client: TestClient, body: dict, names: str) -> None:
+def test_bad_requests_are_400_naming_the_culprit(client: TestClient, body: dict, says: str) -> None:
     r = infer(client, **body)
     assert r.status_code == 400, r.text
-    assert set(r.json()) == {"error"} and names in r.json()["error"]
+    assert set(r.json()) == {"error"} and says in r.json()["error"]
 
 
 @pytest.mark.parametrize(
     "raw",
     [
         '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [NaN]}]}',
-        '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [0.5]}], "parameters": {"tol": Infinity}}',
+        '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [0.5]}],'
+        ' "parameters": {"tol": Infinity}}',
         '{"inputs": ',
     ],
 )
