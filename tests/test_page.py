@@ -83,7 +83,7 @@ def points(driver: Any) -> int:
 def wait(driver: Any, condition: Any, what: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda d: condition(d), what)
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, what)
 
 
 def open_page(driver: Any, url: str, **fields: str) -> None:
@@ -110,7 +110,7 @@ def wait_result(driver: Any, count: int) -> str:
     return text(driver, "status")
 
 
-def test_solve_draws_one_point_per_iteration(server: str, browser: Any, tmp_path: Path) -> None:
+def test_solve_draws_one_point_per_iteration(browser: Any, server: str, tmp_path: Path) -> None:
     open_page(browser, server, every="1")
     browser.find_element("id", "solve").click()
     assert wait_result(browser, 1) == "converged"
@@ -126,7 +126,7 @@ def test_solve_draws_one_point_per_iteration(server: str, browser: Any, tmp_path
     assert shot.stat().st_size > 10_000
 
 
-def test_iterate_more_goes_on_from_max_iters(server: str, browser: Any) -> None:
+def test_iterate_more_goes_on_from_max_iters(browser: Any, server: str) -> None:
     open_page(browser, server, every="1", max_iters="10", more_iters="500")
     browser.find_element("id", "solve").click()
     assert wait_result(browser, 1) == "max_iters"
@@ -139,7 +139,7 @@ def test_iterate_more_goes_on_from_max_iters(server: str, browser: Any) -> None:
     assert points(browser) == int(text(browser, "streamed")) == iterations
 
 
-def test_cancel_stops_a_long_solve(server: str, browser: Any) -> None:
+def test_cancel_stops_a_long_solve(browser: Any, server: str) -> None:
     open_page(browser, server, input='{"x": [1e-5]}', tol="0", max_iters="10000000", every="100")
     browser.find_element("id", "solve").click()
     wait(browser, lambda d: points(d) > 0, "first iterates")

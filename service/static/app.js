@@ -306,15 +306,15 @@ function draw() {
   const ph = H - MARGIN.top - MARGIN.bottom;
   const pts = run.points;
 
-  let min = run.tol > 0 ? run.tol : Infinity;
-  let max = run.tol > 0 ? run.tol : -Infinity;
+  let min = run.tol > 0 && pts.length ? run.tol : Infinity;
+  let max = run.tol > 0 && pts.length ? run.tol : -Infinity;
   for (const { r } of pts) {
     if (r !== null && r > 0) [min, max] = [Math.min(min, r), Math.max(max, r)];
   }
   let lo = Number.isFinite(min) ? Math.floor(Math.log10(min)) : -8;
   let hi = Number.isFinite(max) ? Math.ceil(Math.log10(max)) : 0;
   if (hi <= lo) [lo, hi] = [lo - 1, hi + 1];
-  const tMax = Math.max(1, pts.length ? pts[pts.length - 1].t : 1);
+  const tMax = pts.length ? Math.max(1, pts[pts.length - 1].t) : 10;
   const X = (t) => MARGIN.left + (t / tMax) * pw;
   const Y = (r) => {
     if (r === null) return MARGIN.top; // non-finite: pinned to the top
@@ -336,7 +336,7 @@ function draw() {
       labels.append(label);
     }
   }
-  const step = niceStep(tMax, 8);
+  const step = Math.max(1, niceStep(tMax, 8));
   for (let t = 0; t <= tMax; t += step) {
     const x = X(t);
     grid.append(el("line", { x1: x, x2: x, y1: MARGIN.top, y2: MARGIN.top + ph }));
@@ -349,7 +349,7 @@ function draw() {
   );
 
   const marks = el("g", { class: "marks" });
-  if (run.tol > 0) {
+  if (run.tol > 0 && pts.length) {
     const y = Y(run.tol);
     marks.append(
       el("line", { class: "tol", x1: MARGIN.left, x2: MARGIN.left + pw, y1: y, y2: y }),
