@@ -1,18 +1,26 @@
 """Pure-torch references of the fused kernels; also the CPU path.
 
 The engine's math lives here once: per-row residuals, the damped Picard update, the dense
-G-step of `deq-mlp`'s family and the per-row stop decision. Each Triton kernel is tested
-against these.
+G-step of `deq-mlp`'s family and the per-row stop decision; then what the kernels fuse: the whole
+dense step, a whole-batch solve, and Anderson's kept Gram matrix and mixing. Each Triton kernel
+is tested against these.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 import torch
 
 RESIDUAL_EPS = 1e-12
 """ε in rel = abs / (‖G(y)‖ + ε)."""
+
+ANDERSON_RIDGE = 1e-8
+"""Anderson's ridge λ, relative to the mean diagonal of the residual Gram matrix."""
+
+ANDERSON_MAX_WEIGHT = 1e4
+"""Anderson weights with Σ|α| above this mean an ill-conditioned system: take a Picard step."""
 
 DIVERGENCE_GROWTH = 1e6
 """A row whose residual grows past this factor of its first residual (or of 1) has diverged."""
@@ -76,3 +84,157 @@ def decide(
     code = torch.where(iters >= max_iters, Stop.MAX_ITERS, code)
     code = torch.where(res <= tol, Stop.CONVERGED, code)
     return torch.where(~finite | blown, Stop.DIVERGED, code)
+
+
+class StepOut(NamedTuple):
+    """One dense Picard step of a batch, per row: the new state and what the engine's tick derives."""
+
+    y: torch.Tensor
+    abs_res: torch.Tensor
+    rel_res: torch.Tensor
+    code: torch.Tensor
+    iters: torch.Tensor
+    first_res: torch.Tensor
+
+
+class SolveOut(NamedTuple):
+    """A whole solve of a batch, per row: final state, G-evaluations spent, last residuals, stop code."""
+
+    y: torch.Tensor
+    iters: torch.Tensor
+    abs_res: torch.Tensor
+    rel_res: torch.Tensor
+    code: torch.Tensor
+
+
+def dense_picard_step(
+    y: torch.Tensor,
+    w: torch.Tensor,
+    inj: torch.Tensor,
+    beta: torch.Tensor,
+    tol: torch.Tensor,
+    rel_mode: torch.Tensor,
+    iters: torch.Tensor,
+    max_iters: torch.Tensor,
+    first_res: torch.Tensor,
+) -> StepOut:
+    """The engine's tick for the dense family: step, residuals, Picard update, first residual, decision.
+
+    Math runs in fp32 (bf16 operands are upcast, as the fused kernel loads them) and the new state
+    is stored in y's dtype; for fp32 inputs this is exactly dense_step → residuals → picard → decide.
+    `first_res` is the row's first residual, taken from this step where it is the row's first.
+    """
+    y32 = y.float()
+    gy = dense_step(y32, w.float(), inj.float())
+    abs_res, rel_res = residuals(y32, gy)
+    y_next = picard(y32, gy, beta.float()).to(y.dtype)
+    iters = iters + 1
+    first_res = torch.where(iters == 1, abs_res.double(), first_res)
+    code = decide(abs_res, rel_res, y_next, first_res, iters, max_iters, tol, rel_mode)
+    return StepOut(y_next, abs_res, rel_res, code, iters, first_res)
+
+
+def dense_solve(
+    y0: torch.Tensor,
+    w: torch.Tensor,
+    inj: torch.Tensor,
+    beta: torch.Tensor,
+    tol: torch.Tensor,
+    rel_mode: torch.Tensor,
+    max_iters: torch.Tensor,
+) -> SolveOut:
+    """A whole batch solved from y0, each row stepping until its own stop code.
+
+    Rows with no budget (max_iters ≤ 0) stop at once with MAX_ITERS, 0 iterations and NaN residuals.
+    """
+    b = y0.shape[0]
+    dev = y0.device
+    y = y0.clone()
+    iters = torch.zeros(b, dtype=torch.long, device=dev)
+    first = torch.zeros(b, dtype=torch.float64, device=dev)
+    abs_res = torch.full((b,), float("nan"), device=dev)
+    rel_res = torch.full((b,), float("nan"), device=dev)
+    code = torch.where(max_iters <= 0, Stop.MAX_ITERS, Stop.RUNNING).long()
+    while True:
+        idx = (code == Stop.RUNNING).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return SolveOut(y, iters, abs_res, rel_res, code)
+        out = dense_picard_step(
+            y[idx], w, inj[idx], beta[idx], tol[idx], rel_mode[idx], iters[idx], max_iters[idx], first[idx]
+        )
+        y[idx], abs_res[idx], rel_res[idx], code[idx], iters[idx], first[idx] = out
+
+
+def anderson_gram_row(
+    y: torch.Tensor,
+    gy: torch.Tensor,
+    hist_x: torch.Tensor,
+    hist_f: torch.Tensor,
+    gram: torch.Tensor,
+    slot: torch.Tensor,
+) -> None:
+    """Write (y, G(y)) into each row's history `slot` and refresh that slot's row and column of the
+    Gram matrix of residuals r_i = F_i − X_i, in place: M dot products per row instead of M².
+    """
+    rows = torch.arange(y.shape[0], device=y.device)
+    hist_x[rows, slot] = y
+    hist_f[rows, slot] = gy
+    r = hist_f - hist_x
+    r = r.to(torch.promote_types(r.dtype, torch.float32))
+    g = torch.einsum("bkn,bn->bk", r, r[rows, slot])
+    gram[rows, slot, :] = g
+    gram[rows, :, slot] = g
+
+
+def gram_matrix(hist_x: torch.Tensor, hist_f: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix (B, M, M) of the residual history (fp32 or wider): what anderson_gram_row keeps."""
+    r = hist_f - hist_x
+    r = r.to(torch.promote_types(r.dtype, torch.float32))
+    return torch.bmm(r, r.transpose(1, 2))
+
+
+def anderson_solve(
+    gram: torch.Tensor, k: torch.Tensor, ridge: float, max_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anderson weights α (B, M) and ok (B,) from a kept Gram matrix over each row's first k slots.
+
+    Solves the bordered system [[0, 1ᵀ], [1, RRᵀ + λI]] [ν; α] = [1; 0] with λ = `ridge` times the
+    mean valid diagonal; ok is False where it is singular, non-finite, or Σ|α| ≥ `max_weight` (the
+    caller then takes a Picard step).
+    """
+    b, hist, _ = gram.shape
+    acc = torch.promote_types(gram.dtype, torch.float32)
+    valid = torch.arange(hist, device=gram.device).unsqueeze(0) < k.unsqueeze(1)
+    vf = valid.to(acc)
+    gram = gram.to(acc) * (vf.unsqueeze(2) * vf.unsqueeze(1))
+    scale = (torch.diagonal(gram, dim1=1, dim2=2).sum(1) / k.to(acc)).clamp(min=torch.finfo(acc).tiny)
+    eye = torch.eye(hist, dtype=acc, device=gram.device)
+    gram = gram + eye * (ridge * scale.view(b, 1, 1) * vf.unsqueeze(2) + (1 - vf).unsqueeze(2))
+    h = torch.zeros(b, hist + 1, hist + 1, dtype=acc, device=gram.device)
+    h[:, 0, 1:] = vf
+    h[:, 1:, 0] = vf
+    h[:, 1:, 1:] = gram
+    finite = torch.isfinite(h).flatten(1).all(1)
+    h = torch.where(finite.view(b, 1, 1), h, torch.eye(hist + 1, dtype=acc, device=gram.device))
+    rhs = torch.zeros(b, hist + 1, 1, dtype=acc, device=gram.device)
+    rhs[:, 0] = 1.0
+    sol, info = torch.linalg.solve_ex(h, rhs)
+    alpha = sol[:, 1:, 0] * vf
+    ok = finite & (info == 0) & torch.isfinite(alpha).all(1) & (alpha.abs().sum(1) < max_weight)
+    return alpha.nan_to_num(0.0), ok
+
+
+def anderson_mix(
+    y: torch.Tensor,
+    gy: torch.Tensor,
+    hist_x: torch.Tensor,
+    hist_f: torch.Tensor,
+    alpha: torch.Tensor,
+    ok: torch.Tensor,
+    beta: torch.Tensor,
+) -> torch.Tensor:
+    """The new iterate: (1−β)Σα_i X_i + βΣα_i F_i where ok, else the damped Picard step."""
+    alpha = alpha.to(hist_f.dtype)
+    mixed_f = torch.einsum("bk,bkn->bn", alpha, hist_f)
+    mixed_x = torch.einsum("bk,bkn->bn", alpha, hist_x)
+    return torch.where(ok.unsqueeze(1), torch.lerp(mixed_x, mixed_f, beta), picard(y, gy, beta))

@@ -95,6 +95,11 @@ class ImplicitModel(nn.Module):
         """The JSON output for one row: y is (1, n), ctx one request's context."""
         raise NotImplementedError
 
+    def dense_form(self, ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W, inj) when G(y) = tanh(y Wᵀ + inj) for this batch context, so fused kernels can serve
+        the step; None (the default) for any other operator."""
+        return None
+
     def collate(self, ctxs: list[Ctx]) -> Ctx:
         """Stack B contexts into one batch context. Same-size models concatenate along dim 0."""
         return {k: torch.cat([c[k] for c in ctxs], dim=0) for k in ctxs[0]}

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernels.dispatch import CHOICES
 from models.registry import names
 
 
@@ -19,6 +20,10 @@ class Settings:
     port: int = field(default=8000, metadata={"help": "port to bind"})
     models: list[str] = field(default_factory=names, metadata={"help": "models to serve (comma-separated)"})
     device: str = field(default="cpu", metadata={"help": "torch device for the models (cpu, cuda, cuda:1)"})
+    kernels: str = field(
+        default="auto",
+        metadata={"help": "auto: Triton where CUDA is present and the model has a kernel; triton; torch"},
+    )
     max_batch_rows: int = field(default=64, metadata={"help": "rows one model's batch holds at once"})
     max_queue: int = field(default=256, metadata={"help": "waiting requests per model before 429"})
     batching: str = field(
@@ -49,6 +54,8 @@ class Settings:
             raise ValueError(f"unknown model(s) {', '.join(unknown)}; built-in: {', '.join(names())}")
         if self.batching not in ("continuous", "static"):
             raise ValueError(f"batching must be continuous or static, not {self.batching!r}")
+        if self.kernels not in CHOICES:
+            raise ValueError(f"kernels must be one of {', '.join(CHOICES)}, not {self.kernels!r}")
         if self.max_batch_rows < 1 or self.max_queue < 0:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
 

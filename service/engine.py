@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from kernels.dispatch import Backend, dense_picard_step
 from kernels.reference import Stop, decide, residuals
 from models.base import Ctx, ImplicitModel
 from models.padding import pad_rows
@@ -161,8 +162,10 @@ class Engine:
         max_batch_rows: int = 64,
         max_queue: int = 256,
         batching: Batching = "continuous",
+        backend: Backend = "torch",
     ) -> None:
         self.model = model
+        self.backend = backend
         self.name = model.name
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
@@ -317,23 +320,42 @@ class Engine:
         self._solver = solver
         self._bctx = self.model.collate([r.job.ctx for r in rows])
 
-    def _tick(self) -> None:
-        start = time.perf_counter()
-        t, solver = self._t, self._solver
-        assert solver is not None
-        try:
-            gy = self.model.step(t["y"], self._bctx)
-            abs_res, rel_res = residuals(t["y"], gy)
-            y_next = solver.update(t["y"], gy)
-        except Exception as exc:  # the model's fault: fail this tick's requests, keep serving
-            log.exception("model %s failed in its step", self.name)
-            self._fail_all(Stop.ERROR, ModelStepError(self.name, exc))
-            return
+    def _step(
+        self, t: dict[str, torch.Tensor], solver: SolverState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One G-step, solver update and stop decision for the batch: (y_next, abs, rel, code).
+
+        Picard batches of a dense-family model run as one fused kernel when the backend is Triton;
+        everything else runs the torch reference (step, residuals, solver update, decide).
+        """
+        dense = self.model.dense_form(self._bctx) if self.backend == "triton" and solver.X is None else None
+        if dense is not None:
+            out = dense_picard_step(
+                t["y"], *dense, solver.beta, t["tol"], t["rel_mode"], t["iters"], t["max_iters"],
+                t["first_res"], "triton",
+            )  # fmt: skip
+            t["iters"], t["first_res"] = out.iters, out.first_res
+            return out.y, out.abs_res, out.rel_res, out.code
+        gy = self.model.step(t["y"], self._bctx)
+        abs_res, rel_res = residuals(t["y"], gy)
+        y_next = solver.update(t["y"], gy)
         t["iters"] += 1
         t["first_res"] = torch.where(t["iters"] == 1, abs_res.double(), t["first_res"])
         code = decide(
             abs_res, rel_res, y_next, t["first_res"], t["iters"], t["max_iters"], t["tol"], t["rel_mode"]
         )
+        return y_next, abs_res, rel_res, code
+
+    def _tick(self) -> None:
+        start = time.perf_counter()
+        t, solver = self._t, self._solver
+        assert solver is not None
+        try:
+            y_next, abs_res, rel_res, code = self._step(t, solver)
+        except Exception as exc:  # the model's fault: fail this tick's requests, keep serving
+            log.exception("model %s failed in its step", self.name)
+            self._fail_all(Stop.ERROR, ModelStepError(self.name, exc))
+            return
         codes, absl, rell = torch.stack([code.double(), abs_res.double(), rel_res.double()]).tolist()
         t["y"] = y_next
         now = time.monotonic()

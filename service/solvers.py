@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import picard
-
-ANDERSON_RIDGE = 1e-8
-"""Ridge λ, relative to the mean diagonal of the residual Gram matrix."""
-
-ANDERSON_MAX_WEIGHT = 1e4
-"""Mixing weights with Σ|α| above this mean an ill-conditioned system: take a Picard step."""
+from kernels.reference import (
+    ANDERSON_MAX_WEIGHT,
+    ANDERSON_RIDGE,
+    anderson_mix,
+    anderson_solve,
+    gram_matrix,
+    picard,
+)
 
 
 @dataclass
@@ -83,52 +84,17 @@ class SolverState:
 
     def update(self, y: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
         """The next iterate of every row: Anderson where m > 0 and well-posed, else Picard."""
-        step = picard(y, gy, self.beta)
         if self.X is None or self.F is None:
-            return step
+            return picard(y, gy, self.beta)
         rows = torch.arange(y.shape[0], device=y.device)
         m = self.m.clamp(min=1)
         slot = self.count % m
         self.X[rows, slot] = y
         self.F[rows, slot] = gy
         self.count = self.count + 1
-        alpha, ok = anderson_weights(self.F - self.X, torch.minimum(self.count, m))
-        ok = ok & (self.m > 0)
-        alpha = alpha.to(self.F.dtype)
-        mixed_f = torch.einsum("bk,bkn->bn", alpha, self.F)
-        mixed_x = torch.einsum("bk,bkn->bn", alpha, self.X)
-        accel = torch.lerp(mixed_x, mixed_f, self.beta)
-        return torch.where(ok.unsqueeze(1), accel, step)
-
-
-def anderson_weights(r: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights α minimising ‖Σ α_i r_i‖ with Σ α_i = 1 over each row's first k history slots.
-
-    Solves the bordered system [[0, 1ᵀ], [1, RRᵀ + λI]] [ν; α] = [1; 0] with λ scaled to the
-    Gram matrix's mean diagonal. Returns (α (B, M), ok (B,)): ok is False where the system is
-    singular, non-finite, or its weights blow up (the caller falls back to Picard there).
-    """
-    b, hist, _ = r.shape
-    acc = torch.promote_types(r.dtype, torch.float32)
-    r = r.to(acc)
-    valid = torch.arange(hist, device=r.device).unsqueeze(0) < k.unsqueeze(1)
-    vf = valid.to(acc)
-    gram = torch.bmm(r, r.transpose(1, 2)) * (vf.unsqueeze(2) * vf.unsqueeze(1))
-    scale = (torch.diagonal(gram, dim1=1, dim2=2).sum(1) / k.to(acc)).clamp(min=torch.finfo(acc).tiny)
-    eye = torch.eye(hist, dtype=acc, device=r.device)
-    gram = gram + eye * (ANDERSON_RIDGE * scale.view(b, 1, 1) * vf.unsqueeze(2) + (1 - vf).unsqueeze(2))
-    h = torch.zeros(b, hist + 1, hist + 1, dtype=acc, device=r.device)
-    h[:, 0, 1:] = vf
-    h[:, 1:, 0] = vf
-    h[:, 1:, 1:] = gram
-    finite = torch.isfinite(h).flatten(1).all(1)
-    h = torch.where(finite.view(b, 1, 1), h, torch.eye(hist + 1, dtype=acc, device=r.device))
-    rhs = torch.zeros(b, hist + 1, 1, dtype=acc, device=r.device)
-    rhs[:, 0] = 1.0
-    sol, info = torch.linalg.solve_ex(h, rhs)
-    alpha = sol[:, 1:, 0] * vf
-    ok = finite & (info == 0) & torch.isfinite(alpha).all(1) & (alpha.abs().sum(1) < ANDERSON_MAX_WEIGHT)
-    return alpha.nan_to_num(0.0), ok
+        k = torch.minimum(self.count, m)
+        alpha, ok = anderson_solve(gram_matrix(self.X, self.F), k, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+        return anderson_mix(y, gy, self.X, self.F, alpha, ok & (self.m > 0), self.beta)
 
 
 def _hist(s: SolverState) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from kernels.dispatch import select_backend
 from models.base import ImplicitModel, ModelMeta
 from models.registry import load_model
 from service.config import Settings
@@ -39,15 +40,17 @@ class ServerState:
         """Load each configured model (or take the given ones) and start its worker."""
         models = models or {name: load_model(name, self.settings.device) for name in self.settings.models}
         for name, model in models.items():
+            meta = model.meta()
             engine = Engine(
                 model,
                 max_batch_rows=self.settings.max_batch_rows,
                 max_queue=self.settings.max_queue,
                 batching=self.settings.batching,  # type: ignore[arg-type]
+                backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
             )
             self.metrics.observe(engine)
             engine.start()
-            self.served[name] = Served(model, model.meta(), engine)
+            self.served[name] = Served(model, meta, engine)
 
     def stop(self) -> None:
         """Stop every worker."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The kernels' GPU check in one go, within 8 minutes: the CUDA kernel tests, then bench/kernels.py,
+# then the AOT report under the machine's own Triton (for comparison with bench/kernels_aot.py here).
+# Needs torch, Triton and pytest only (the root tests/conftest.py, which needs the server's
+# packages, is cut off with --confcutdir). Logs and JSON go to $OUT when it is set, else /tmp/eqserve-gpu-check/.
+#
+#     bash bench/gpu_check.sh            # PYTHON=... to choose the interpreter (default python3)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/eqserve-gpu-check}"
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+status=0
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  "$py" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} 2>&1 | tee "$out/env.txt"
+
+timeout 170 "$py" -m pytest -q -p no:cacheprovider --confcutdir=tests/kernels tests/kernels \
+  --deselect tests/kernels/test_aot.py::test_shipped_configurations_fit 2>&1 | tee "$out/tests.log" || status=1
+
+timeout 250 "$py" bench/kernels.py --budget-s 190 2>&1 | tee "$out/bench.log" || status=1
+tail -n 1 "$out/bench.log" > "$out/bench.json"
+
+timeout 50 "$py" bench/kernels_aot.py --json --jobs 8 2>&1 | tee "$out/aot.log" || echo "aot report failed or timed out (informational)"
+
+exit $status

@@ -1,0 +1,391 @@
+"""The fused dense step: y' = (1−β)y + β·tanh(y Wᵀ + inj), residuals, stop decision, masked store.
+
+One launch covers an index list of rows (−1 = no row) on a fixed grid of (row blocks, column
+blocks); rows that are absent or no longer RUNNING cost nothing. Each program computes a tile of
+G(y) and adds its rows' partial square sums into a scratch buffer; the last program of a row
+block to arrive (an atomic counter) takes the rows' decisions and leaves the scratch zeroed, so a
+launch needs no memset and can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.configs import Shipped, ptr
+from kernels.reference import StepOut
+from kernels.triton_math import RUNNING, decide, dot, lerp, residuals, square_sums, tanh
+
+
+@triton.jit
+def dense_step_kernel(
+    y_ptr,
+    y_out_ptr,
+    w_ptr,
+    inj_ptr,
+    beta_ptr,
+    tol_ptr,
+    rel_mode_ptr,
+    max_iters_ptr,
+    iters_ptr,
+    iters_out_ptr,
+    first_ptr,
+    first_out_ptr,
+    code_ptr,
+    abs_ptr,
+    rel_ptr,
+    rows_ptr,
+    num_rows,
+    part_ptr,
+    arrivals_ptr,
+    n,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BF16_DOT: tl.constexpr,
+):
+    """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…"""
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    slots = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    row = tl.load(rows_ptr + slots, mask=slots < num_rows, other=-1)
+    code = tl.load(code_ptr + row, mask=row >= 0, other=-1)
+    active = (row >= 0) & (code == RUNNING)
+    # Every program of a row block sees the same active rows: the decision that changes `code`
+    # is taken by the last of them, after all have read it.
+    if tl.sum(active.to(tl.int32), axis=0) > 0:
+        row = tl.where(active, row, 0)
+        base = row.to(tl.int64) * n
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < n
+        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, n, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < n
+            yk = tl.load(
+                y_ptr + base[:, None] + ks[None, :], mask=active[:, None] & kmask[None, :], other=0.0
+            )
+            wk = tl.load(
+                w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
+                mask=kmask[:, None] & cmask[None, :],
+                other=0.0,
+            )
+            acc = dot(yk, wk, acc, BF16_DOT)
+        tile = active[:, None] & cmask[None, :]
+        offs = base[:, None] + cols[None, :]
+        g = tanh(acc + tl.load(inj_ptr + offs, mask=tile, other=0.0).to(tl.float32))
+        y = tl.load(y_ptr + offs, mask=tile, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + row, mask=active, other=0.0).to(tl.float32)
+        y_next = lerp(y, g, beta[:, None]).to(y_out_ptr.dtype.element_ty)
+        tl.store(y_out_ptr + offs, y_next, mask=tile)
+        sq_d, sq_g, bad = square_sums(g - y, g, y_next.to(tl.float32), tile)
+        tl.atomic_add(part_ptr + slots * 3, sq_d, mask=active)
+        tl.atomic_add(part_ptr + slots * 3 + 1, sq_g, mask=active)
+        tl.atomic_add(part_ptr + slots * 3 + 2, bad, mask=active)
+        tl.debug_barrier()
+        if tl.atomic_add(arrivals_ptr + pid_b, 1) == tl.num_programs(1) - 1:
+            # Read the totals at the point of coherence (an atomic), then zero them for the next launch.
+            sq_d = tl.atomic_add(part_ptr + slots * 3, 0.0, mask=active)
+            sq_g = tl.atomic_add(part_ptr + slots * 3 + 1, 0.0, mask=active)
+            bad = tl.atomic_add(part_ptr + slots * 3 + 2, 0.0, mask=active)
+            tl.debug_barrier()  # every thread has read before any zeroes
+            tl.store(part_ptr + slots * 3, 0.0, mask=active)
+            tl.store(part_ptr + slots * 3 + 1, 0.0, mask=active)
+            tl.store(part_ptr + slots * 3 + 2, 0.0, mask=active)
+            tl.store(arrivals_ptr + pid_b, 0)
+            abs_res, rel_res = residuals(sq_d, sq_g)
+            iters = tl.load(iters_ptr + row, mask=active, other=0) + 1
+            first = tl.load(first_ptr + row, mask=active, other=0.0)
+            first = tl.where(iters == 1, abs_res.to(tl.float64), first)
+            new_code = decide(
+                abs_res,
+                rel_res,
+                bad == 0,
+                first,
+                iters,
+                tl.load(max_iters_ptr + row, mask=active, other=0),
+                tl.load(tol_ptr + row, mask=active, other=0.0),
+                tl.load(rel_mode_ptr + row, mask=active, other=0) != 0,
+            )
+            tl.store(iters_out_ptr + row, iters, mask=active)
+            tl.store(first_out_ptr + row, first, mask=active)
+            tl.store(code_ptr + row, new_code.to(tl.int64), mask=active)
+            tl.store(abs_ptr + row, abs_res, mask=active)
+            tl.store(rel_ptr + row, rel_res, mask=active)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Block sizes and launch settings of the fused step."""
+
+    block_b: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def name(self) -> str:
+        """A short label for tables."""
+        return f"b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+
+
+STEP_CONFIGS = {
+    False: (
+        StepConfig(16, 16, 128, num_stages=2),
+        StepConfig(16, 32, 64, num_stages=2),
+        StepConfig(32, 32, 32),
+        StepConfig(32, 64, 32, num_warps=8),
+        StepConfig(64, 32, 32, num_warps=8),
+    ),
+    True: (
+        StepConfig(16, 16, 128),
+        StepConfig(16, 32, 64),
+        StepConfig(32, 64, 64, num_warps=8),
+        StepConfig(64, 64, 32, num_warps=8),
+    ),
+}
+"""Every configuration a launcher may pick, for the IEEE fp32 dot (False) and the bf16 dot (True):
+the fixed launcher by rule, the autotuned one by timing. Each fits sm_90 without spills
+(bench/kernels_aot.py); the fp32 dot runs on the FMA units and holds its operands in registers,
+so its tiles are smaller."""
+
+MIN_BLOCK_B = 16
+"""The smallest row block (tl.dot's smallest tile): scratch is sized for it."""
+
+MIN_PROGRAMS = 128
+"""The fixed rule's goal: about one wave of programs on an H100 (132 SMs) when the shape allows."""
+
+
+def step_config(n: int, rows: int, bf16_dot: bool) -> StepConfig:
+    """The fixed launcher's configuration: rows per block by batch size, then the widest column block
+    that still gives MIN_PROGRAMS programs (else the narrowest)."""
+    block_b = 16 if rows <= 16 else 32 if rows <= 64 else 64
+    fits = [c for c in STEP_CONFIGS[bf16_dot] if c.block_b == block_b]
+    wide = [c for c in fits if triton.cdiv(rows, block_b) * triton.cdiv(n, c.block_n) >= MIN_PROGRAMS]
+    return max(wide, key=lambda c: c.block_n) if wide else min(fits, key=lambda c: c.block_n)
+
+
+@dataclass
+class StepBuffers:
+    """Per-row tensors of one fused step. `iters_out`/`first_out` may alias `iters`/`first_res`;
+    `code`, `abs_res`, `rel_res` are updated in place for the rows stepped; `y_out` must not alias `y`.
+    `rows` (int32) lists the rows to step, −1 for none; rows whose code is not RUNNING are skipped.
+    """
+
+    y: torch.Tensor
+    y_out: torch.Tensor
+    inj: torch.Tensor
+    beta: torch.Tensor
+    tol: torch.Tensor
+    rel_mode: torch.Tensor
+    max_iters: torch.Tensor
+    iters: torch.Tensor
+    iters_out: torch.Tensor
+    first_res: torch.Tensor
+    first_out: torch.Tensor
+    code: torch.Tensor
+    abs_res: torch.Tensor
+    rel_res: torch.Tensor
+    rows: torch.Tensor
+
+
+@dataclass
+class Scratch:
+    """Zeroed partial sums (3 per list slot) and arrival counters (1 per row block); left zeroed."""
+
+    part: torch.Tensor
+    arrivals: torch.Tensor
+
+    @staticmethod
+    def new(slots: int, device: torch.device) -> Scratch:
+        """Scratch for index lists of up to `slots` entries, under any configuration."""
+        blocks = triton.cdiv(slots, MIN_BLOCK_B)
+        return Scratch(
+            torch.zeros(blocks * MIN_BLOCK_B * 3, device=device),
+            torch.zeros(blocks, dtype=torch.int32, device=device),
+        )
+
+    def fits(self, slots: int) -> bool:
+        """Whether this scratch serves index lists of `slots` entries."""
+        return self.arrivals.numel() >= triton.cdiv(slots, MIN_BLOCK_B)
+
+
+def _args(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> tuple:
+    return (
+        buf.y,
+        buf.y_out,
+        w,
+        buf.inj,
+        buf.beta,
+        buf.tol,
+        buf.rel_mode,
+        buf.max_iters,
+        buf.iters,
+        buf.iters_out,
+        buf.first_res,
+        buf.first_out,
+        buf.code,
+        buf.abs_res,
+        buf.rel_res,
+        buf.rows,
+        buf.rows.numel(),
+        scratch.part,
+        scratch.arrivals,
+        w.shape[0],
+    )
+
+
+def _bf16_dot(w: torch.Tensor, buf: StepBuffers) -> bool:
+    return w.dtype == buf.y.dtype == torch.bfloat16
+
+
+def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConfig | None = None) -> None:
+    """Launch one fused step with a fixed configuration (`step_config`'s rule unless given)."""
+    n, slots = w.shape[0], buf.rows.numel()
+    cfg = config or step_config(n, slots, _bf16_dot(w, buf))
+    grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n))
+    dense_step_kernel[grid](
+        *_args(w, buf, scratch),
+        BLOCK_B=cfg.block_b,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        BF16_DOT=_bf16_dot(w, buf),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def _autotune(configs: tuple[StepConfig, ...]) -> triton.runtime.Autotuner:
+    return triton.autotune(
+        configs=[
+            triton.Config(
+                {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k},
+                num_warps=c.num_warps,
+                num_stages=c.num_stages,
+            )
+            for c in configs
+        ],
+        key=["num_rows", "n"],
+        restore_value=["iters_out_ptr", "first_out_ptr", "code_ptr", "abs_ptr", "rel_ptr"],
+    )(dense_step_kernel)
+
+
+_autotuned = {bf16: _autotune(configs) for bf16, configs in STEP_CONFIGS.items()}
+
+
+def launch_autotuned(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> None:
+    """Launch one fused step with the configuration timed fastest for its (rows, n) on this GPU."""
+    n, slots = w.shape[0], buf.rows.numel()
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return triton.cdiv(slots, meta["BLOCK_B"]), triton.cdiv(n, meta["BLOCK_N"])
+
+    bf16 = _bf16_dot(w, buf)
+    _autotuned[bf16][grid](*_args(w, buf, scratch), BF16_DOT=bf16)
+
+
+_scratch: dict[tuple[str, int], Scratch] = {}
+_scratch_lock = threading.Lock()
+
+
+def _stream_scratch(device: torch.device, slots: int) -> Scratch:
+    """Scratch shared by the launches of one CUDA stream (they run one after another), or of one
+    thread on the CPU; grown on demand."""
+    if device.type == "cuda":
+        key = (str(device), torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (str(device), threading.get_ident())
+    with _scratch_lock:
+        s = _scratch.get(key)
+        if s is None or not s.fits(slots):
+            s = _scratch[key] = Scratch.new(slots, device)
+        return s
+
+
+def step(
+    y: torch.Tensor,
+    w: torch.Tensor,
+    inj: torch.Tensor,
+    beta: torch.Tensor,
+    tol: torch.Tensor,
+    rel_mode: torch.Tensor,
+    iters: torch.Tensor,
+    max_iters: torch.Tensor,
+    first_res: torch.Tensor,
+    *,
+    tuned: bool = False,
+) -> StepOut:
+    """reference.dense_picard_step for every row of the batch, in one fused launch."""
+    b = y.shape[0]
+    dev = y.device
+    buf = StepBuffers(
+        y=y.contiguous(),
+        y_out=torch.empty_like(y, memory_format=torch.contiguous_format),
+        inj=inj.contiguous(),
+        beta=beta.reshape(b).contiguous(),
+        tol=tol.contiguous(),
+        rel_mode=rel_mode.contiguous(),
+        max_iters=max_iters.contiguous(),
+        iters=iters.contiguous(),
+        iters_out=torch.empty_like(iters, memory_format=torch.contiguous_format),
+        first_res=first_res.contiguous(),
+        first_out=torch.empty_like(first_res, memory_format=torch.contiguous_format),
+        code=torch.zeros_like(iters),
+        abs_res=torch.empty(b, device=dev),
+        rel_res=torch.empty(b, device=dev),
+        rows=torch.arange(b, dtype=torch.int32, device=dev),
+    )
+    w = w.contiguous()
+    scratch = _stream_scratch(dev, b)
+    if tuned:
+        launch_autotuned(w, buf, scratch)
+    else:
+        launch(w, buf, scratch)
+    return StepOut(buf.y_out, buf.abs_res, buf.rel_res, buf.code, buf.iters_out, buf.first_out)
+
+
+def shipped() -> list[Shipped]:
+    """Every configuration of the fused step, for fp32 and for bf16 state and weights."""
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        sig = {
+            "y_ptr": ptr(dtype),
+            "y_out_ptr": ptr(dtype),
+            "w_ptr": ptr(dtype),
+            "inj_ptr": ptr(dtype),
+            "beta_ptr": ptr(dtype),
+            "tol_ptr": ptr(torch.float64),
+            "rel_mode_ptr": ptr(torch.bool),
+            "max_iters_ptr": ptr(torch.int64),
+            "iters_ptr": ptr(torch.int64),
+            "iters_out_ptr": ptr(torch.int64),
+            "first_ptr": ptr(torch.float64),
+            "first_out_ptr": ptr(torch.float64),
+            "code_ptr": ptr(torch.int64),
+            "abs_ptr": ptr(torch.float32),
+            "rel_ptr": ptr(torch.float32),
+            "rows_ptr": ptr(torch.int32),
+            "num_rows": "i32",
+            "part_ptr": ptr(torch.float32),
+            "arrivals_ptr": ptr(torch.int32),
+            "n": "i32",
+        }
+        bf16 = dtype == torch.bfloat16
+        for c in STEP_CONFIGS[bf16]:
+            constexprs = {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "BF16_DOT": bf16}
+            out.append(
+                Shipped(
+                    f"dense_step[{ptr(dtype)[1:]},{c.name}]",
+                    dense_step_kernel,
+                    {**sig, **dict.fromkeys(constexprs, "constexpr")},
+                    constexprs,
+                    c.num_warps,
+                    c.num_stages,
+                )
+            )
+    return out

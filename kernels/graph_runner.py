@@ -1,0 +1,165 @@
+"""Whole-batch dense solves for larger states: K fused steps per replay of a captured CUDA graph.
+
+One graph per padded batch size (powers of two, as vLLM and SGLang pad their decode batches);
+padding rows get a zero budget, so they stop before their first step and are never stepped. Each
+replay runs K fused steps, which skip rows that have stopped and take every decision on the
+device; the host reads the stop flags once per replay. The state ping-pongs between two buffers
+(K is even), so a row's final state lies in the buffer of its iteration count's parity. Without
+CUDA (TRITON_INTERPRET=1) the same K launches run with no graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kernels.dense_step import Scratch, StepBuffers, StepConfig, launch
+from kernels.reference import SolveOut, Stop
+
+
+class _Batch:
+    """The static buffers of one padded batch size and, on CUDA, the graph of K steps over them."""
+
+    def __init__(
+        self,
+        w: torch.Tensor,
+        rows: int,
+        dtype: torch.dtype,
+        inj_dtype: torch.dtype,
+        k: int,
+        config: StepConfig | None,
+    ) -> None:
+        dev, n = w.device, w.shape[0]
+        self.w, self.k, self.config = w, k, config
+        self.ys = torch.zeros(2, rows, n, dtype=dtype, device=dev)
+        self.inj = torch.zeros(rows, n, dtype=inj_dtype, device=dev)
+        self.beta = torch.ones(rows, device=dev)
+        self.tol = torch.zeros(rows, dtype=torch.float64, device=dev)
+        self.rel_mode = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.max_iters = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.iters = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.first = torch.zeros(rows, dtype=torch.float64, device=dev)
+        self.code = torch.full((rows,), int(Stop.MAX_ITERS), dtype=torch.long, device=dev)
+        self.abs_res = torch.full((rows,), float("nan"), device=dev)
+        self.rel_res = torch.full((rows,), float("nan"), device=dev)
+        self.scratch = Scratch.new(rows, dev)
+        index = torch.arange(rows, dtype=torch.int32, device=dev)
+        self.bufs = [self._buffers(self.ys[i], self.ys[1 - i], index) for i in (0, 1)]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if dev.type == "cuda":
+            self._run()  # compiles and loads the kernel; every row is stopped, so nothing changes
+            torch.cuda.synchronize(dev)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._run()
+
+    def _buffers(self, y: torch.Tensor, y_out: torch.Tensor, index: torch.Tensor) -> StepBuffers:
+        return StepBuffers(
+            y=y,
+            y_out=y_out,
+            inj=self.inj,
+            beta=self.beta,
+            tol=self.tol,
+            rel_mode=self.rel_mode,
+            max_iters=self.max_iters,
+            iters=self.iters,
+            iters_out=self.iters,
+            first_res=self.first,
+            first_out=self.first,
+            code=self.code,
+            abs_res=self.abs_res,
+            rel_res=self.rel_res,
+            rows=index,
+        )
+
+    def _run(self) -> None:
+        for i in range(self.k):
+            launch(self.w, self.bufs[i % 2], self.scratch, self.config)
+
+    def replay(self) -> None:
+        """K more steps of every running row."""
+        if self.graph is None:
+            self._run()
+        else:
+            self.graph.replay()
+
+    def load(
+        self,
+        y0: torch.Tensor,
+        inj: torch.Tensor,
+        beta: torch.Tensor,
+        tol: torch.Tensor,
+        rel_mode: torch.Tensor,
+        max_iters: torch.Tensor,
+    ) -> None:
+        """Start a solve of len(y0) rows; the rows past them are padding with no budget."""
+        b = y0.shape[0]
+        for static, value, pad in (
+            (self.ys[0], y0, 0.0),
+            (self.inj, inj, 0.0),
+            (self.beta, beta.reshape(b), 1.0),
+            (self.tol, tol, 0.0),
+            (self.rel_mode, rel_mode, False),
+            (self.max_iters, max_iters, 0),
+        ):
+            static[:b].copy_(value)
+            static[b:].fill_(pad)
+        self.code.copy_(torch.where(self.max_iters > 0, int(Stop.RUNNING), int(Stop.MAX_ITERS)))
+        self.iters.zero_()
+        self.first.zero_()
+        self.abs_res.fill_(float("nan"))
+        self.rel_res.fill_(float("nan"))
+
+    def running(self, b: int) -> bool:
+        """Whether any of the first b rows still runs (one read from the device)."""
+        return bool((self.code[:b] == Stop.RUNNING).any())
+
+    def result(self, b: int) -> SolveOut:
+        """The first b rows' outcome, copied out of the static buffers."""
+        odd = (self.iters[:b] % 2 == 1).unsqueeze(1)
+        return SolveOut(
+            torch.where(odd, self.ys[1, :b], self.ys[0, :b]),
+            self.iters[:b].clone(),
+            self.abs_res[:b].clone(),
+            self.rel_res[:b].clone(),
+            self.code[:b].clone(),
+        )
+
+
+class GraphRunner:
+    """reference.dense_solve for whole batches with one weight matrix W (kept by reference: it must
+    not be reallocated while the runner lives), K steps per graph replay."""
+
+    def __init__(
+        self, w: torch.Tensor, *, steps_per_replay: int = 8, config: StepConfig | None = None
+    ) -> None:
+        if steps_per_replay < 2 or steps_per_replay % 2:
+            raise ValueError(
+                f"steps_per_replay must be even and ≥ 2 (the state ping-pongs), got {steps_per_replay}"
+            )
+        self.w = w.contiguous()
+        self.k = steps_per_replay
+        self.config = config
+        self._batches: dict[tuple[int, torch.dtype, torch.dtype], _Batch] = {}
+
+    def __call__(
+        self,
+        y0: torch.Tensor,
+        inj: torch.Tensor,
+        beta: torch.Tensor,
+        tol: torch.Tensor,
+        rel_mode: torch.Tensor,
+        max_iters: torch.Tensor,
+    ) -> SolveOut:
+        """Solve every row from y0 until its stop code; the host reads the flags once per replay."""
+        b = y0.shape[0]
+        key = (triton.next_power_of_2(b), y0.dtype, inj.dtype)
+        if key not in self._batches:
+            self._batches[key] = _Batch(self.w, key[0], y0.dtype, inj.dtype, self.k, self.config)
+        batch = self._batches[key]
+        batch.load(y0, inj, beta, tol, rel_mode, max_iters)
+        for _ in range(triton.cdiv(int(max_iters.max()), self.k) if b else 0):
+            batch.replay()
+            if not batch.running(b):
+                break
+        return batch.result(b)

@@ -1,0 +1,64 @@
+"""The engine gives the same statuses, iteration counts and outputs on both kernel backends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.dispatch import select_backend
+from models.deq_mlp.model import DeqMLP
+from service.engine import Engine, SolveJob, SolveResult
+
+
+def small_deq(hidden: int = 24, norm: float = 0.8) -> DeqMLP:
+    """A random deq-mlp with ‖W‖₂ = norm: small enough for the Triton interpreter."""
+    torch.manual_seed(0)
+    model = DeqMLP(d_in=4, hidden=hidden, d_out=4)
+    with torch.no_grad():
+        w = torch.randn(hidden, hidden)
+        model.W.copy_(norm * w / torch.linalg.matrix_norm(w, ord=2))
+        model.inj.weight.normal_(0, 1)
+    return model.eval()
+
+
+def jobs(model: DeqMLP) -> list[SolveJob]:
+    specs = [([0.1, 0.5, 0.9, 0.3], 1e-2, 200), ([0.7, 0.2, 0.4, 0.6], 1e-5, 200), ([0.5] * 4, 0.0, 9)]
+    out = []
+    for k, (x, tol, max_iters) in enumerate(specs):
+        ctx = model.encode(model.Input(x=x))
+        out.append(
+            SolveJob(id=str(k), ctx=ctx, y0=model.init(ctx), max_iters=max_iters, tol=tol, return_state=True)
+        )
+    return out
+
+
+def run(model: DeqMLP, backend: str) -> list[SolveResult]:
+    engine = Engine(model, backend=backend)  # type: ignore[arg-type]
+    futures = [engine.submit(j) for j in jobs(model)]
+    engine.start()
+    try:
+        return [f.result(120) for f in futures]
+    finally:
+        engine.stop()
+
+
+def test_triton_and_torch_backends_agree() -> None:
+    model = small_deq()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    assert select_backend("triton", device, supported=True) == "triton"
+    fused, plain = run(model, "triton"), run(model, "torch")
+    assert [r.status for r in fused] == [r.status for r in plain] == ["converged", "converged", "max_iters"]
+    assert [r.iterations for r in fused] == [r.iterations for r in plain]
+    for f, p in zip(fused, plain, strict=True):
+        torch.testing.assert_close(torch.tensor(f.state), torch.tensor(p.state), rtol=1e-5, atol=1e-6)
+        assert f.output is not None and p.output is not None
+        torch.testing.assert_close(
+            torch.tensor(f.output["y"]), torch.tensor(p.output["y"]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_auto_picks_torch_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: auto picks Triton here")
+    assert select_backend("auto", "cpu", True) == "torch"

@@ -1,0 +1,27 @@
+"""The CUDA-graph runner against reference.dense_solve (on the CPU its K launches run without a graph)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+from kernels.dense_step import StepConfig
+from kernels.graph_runner import GraphRunner
+from tests.kernels.problems import assert_same_solve, solve_case
+
+
+def test_runner_matches_reference(case: tuple[str, torch.dtype]) -> None:
+    device, dtype = case
+    p, bud = solve_case(device, dtype, b=20)
+    runner = GraphRunner(p.w, steps_per_replay=4, config=StepConfig(16, 16, 16))
+    # 20 rows pad to 32 (12 zero-budget rows); rows stop inside replays; then fewer rows (a
+    # smaller padded batch), then the first batch size again over buffers left by the first solve.
+    for rows in (slice(0, 20), slice(3, 8), slice(0, 20)):
+        args = (p.y0[rows], p.inj[rows], p.beta[rows], bud.tol[rows], bud.rel_mode[rows], bud.max_iters[rows])
+        assert_same_solve(runner(*args), reference.dense_solve(args[0], p.w, *args[1:]), dtype)
+
+
+def test_runner_needs_an_even_replay() -> None:
+    with pytest.raises(ValueError, match="even"):
+        GraphRunner(torch.zeros(4, 4), steps_per_replay=3)
