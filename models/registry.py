@@ -40,11 +40,24 @@ def _train_deq_mlp(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
     return train(out_dir, **kwargs)  # type: ignore[arg-type]
 
 
+def _lp_gnn(device: torch.device) -> ImplicitModel:
+    from models.lp_gnn.model import LpGnn
+
+    return LpGnn.from_weights(WEIGHTS_DIR / "lp-gnn.safetensors").to(device)
+
+
+def _train_lp_gnn(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
+    from models.lp_gnn.train import train
+
+    return train(out_dir, **kwargs)  # type: ignore[arg-type]
+
+
 REGISTRY: dict[str, ModelEntry] = {
     e.name: e
     for e in [
         ModelEntry("reciprocal", _reciprocal),
         ModelEntry("deq-mlp", _deq_mlp, _train_deq_mlp),
+        ModelEntry("lp-gnn", _lp_gnn, _train_lp_gnn),
     ]
 }
 

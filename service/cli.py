@@ -95,11 +95,10 @@ def _train(args: argparse.Namespace) -> int:
     if entry.train is None:
         print(f"model {args.model!r} has no trainer: it has no weights", file=sys.stderr)
         return 2
-    extra = {
-        k: v
-        for k, v in {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out}.items()
-        if v is not None
-    }
+    given = {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out, "emb": args.emb}
+    extra = {k: v for k, v in given.items() if v is not None}
+    if args.explicit:
+        extra["explicit"] = True
     summary = entry.train(**extra)
     print(json.dumps(summary))
     return 0
@@ -166,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
+    train.add_argument("--emb", type=int, help="lp-gnn: embedding size d")
+    train.add_argument("--explicit", action="store_true", help="lp-gnn: train the explicit GNN instead")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="error on the held-out set after each number of iterations")
