@@ -24,6 +24,10 @@ class Settings:
         default="auto",
         metadata={"help": "auto: Triton where CUDA is present and the model has a kernel; triton; torch"},
     )
+    torch_threads: int = field(
+        default=1,
+        metadata={"help": "torch CPU threads (0: torch's default); 1 suits many small steps on a shared CPU"},
+    )
     max_batch_rows: int = field(default=64, metadata={"help": "rows one model's batch holds at once"})
     max_queue: int = field(default=256, metadata={"help": "waiting requests per model before 429"})
     batching: str = field(
@@ -56,6 +60,8 @@ class Settings:
             raise ValueError(f"batching must be continuous or static, not {self.batching!r}")
         if self.kernels not in CHOICES:
             raise ValueError(f"kernels must be one of {', '.join(CHOICES)}, not {self.kernels!r}")
+        if self.torch_threads < 0:
+            raise ValueError("torch_threads must be ≥ 0")
         if self.max_batch_rows < 1 or self.max_queue < 0:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
 

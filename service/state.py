@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import torch
+
 from kernels.dispatch import select_backend
 from models.base import ImplicitModel, ModelMeta
 from models.registry import load_model
@@ -38,6 +40,8 @@ class ServerState:
 
     def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
         """Load each configured model (or take the given ones) and start its worker."""
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         models = models or {name: load_model(name, self.settings.device) for name in self.settings.models}
         for name, model in models.items():
             meta = model.meta()
