@@ -77,6 +77,12 @@ class _DeqTrainer(nn.Module):
             return {k: v.detach().float().contiguous().clone() for k, v in tensors.items()}
 
 
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file readable by everyone (it ships as package data)."""
+    save_file(tensors, str(path))
+    path.chmod(0o644)
+
+
 def _loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (relative_error(pred, true) ** 2).mean()
 
@@ -120,14 +126,14 @@ def _fit(
 def train(
     out_dir: Path,
     *,
-    epochs: int = 80,
+    epochs: int = 40,
     seed: int = 0,
     log: Callable[[str], None] = print,
     hidden: int = 256,
     gamma: float = 0.95,
-    n_train: int = 8192,
+    n_train: int = 16384,
     n_heldout: int = 512,
-    batch_size: int = 128,
+    batch_size: int = 32,
     lr: float = 5e-3,
     explicit_depth: int = 3,
 ) -> dict:
@@ -146,15 +152,15 @@ def train(
     deq = _DeqTrainer(hidden, gamma, solve_tol=1e-4, solve_iters=150)
     _fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="deq-mlp", log=log)
     deq_s = time.perf_counter() - start
-    save_file(deq.export(), str(out_dir / "deq-mlp.safetensors"))
-    save_file({"x": x_val.contiguous(), "y": y_val.contiguous()}, str(out_dir / HELDOUT_FILE))
+    _save(deq.export(), out_dir / "deq-mlp.safetensors")
+    _save({"x": x_val.contiguous(), "y": y_val.contiguous()}, out_dir / HELDOUT_FILE)
 
     deq_params = sum(p.numel() for p in deq.export().values())
     width = matching_width(deq_params, D_IN, explicit_depth, D_OUT)
     explicit = ExplicitMLP(D_IN, width, explicit_depth, D_OUT)
     _fit(explicit, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="explicit-mlp", log=log)
     twin = {k: v.detach().contiguous() for k, v in explicit.state_dict().items()}
-    save_file(twin, str(out_dir / EXPLICIT_FILE))
+    _save(twin, out_dir / EXPLICIT_FILE)
 
     report = DeqMLP.from_weights(out_dir / "deq-mlp.safetensors").evaluate(EVAL_ITERS)
     w_norm = torch.linalg.matrix_norm(deq.export()["W"].double(), ord=2).item()
