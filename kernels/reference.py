@@ -78,7 +78,7 @@ def decide(
     measures its tolerance against the relative residual.
     """
     res = torch.where(rel_mode, rel_res, abs_res)
-    finite = torch.isfinite(abs_res) & torch.isfinite(y_next).all(1)
+    finite = torch.isfinite(abs_res) & torch.isfinite(y_next.sum(1))  # one NaN or inf makes the sum so
     blown = abs_res > DIVERGENCE_GROWTH * first_res.clamp(min=1.0)
     code = torch.full_like(iters, Stop.RUNNING)
     code = torch.where(iters >= max_iters, Stop.MAX_ITERS, code)

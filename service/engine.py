@@ -144,12 +144,20 @@ RESUMABLE = (Stop.MAX_ITERS, Stop.DEADLINE)
 
 @dataclass
 class _Row:
+    """A job in the batch: its counters, its size and deadline read once, its trace."""
+
     job: SolveJob
     admitted: float
     iterations: int = 0
+    size: int = field(init=False)
+    deadline: float = field(init=False)
     residual: float | None = None
     rel_residual: float | None = None
     trace: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.size = self.job.size
+        self.deadline = self.job.deadline
 
 
 class Engine:
@@ -364,31 +372,37 @@ class Engine:
             row.iterations += 1
             row.residual, row.rel_residual = absl[i], rell[i]
             job = row.job
+            code_i = codes[i]
             if row.iterations == 1:
                 self.observer.first_iterate(job, now - job.submitted)
-            if job.trace and (row.iterations % job.every == 0 or codes[i]):
+            if job.trace and (code_i or row.iterations % job.every == 0):
                 row.trace.append({"t": row.iterations, "residual": absl[i], "rel_residual": rell[i]})
-            stop = Stop(int(codes[i]))
-            if stop is Stop.RUNNING and job.cancelled:
-                stop = Stop.CANCELLED
-            elif stop is Stop.RUNNING and now >= job.deadline:
-                stop = Stop.DEADLINE
-            y_row = y_next[i : i + 1, : job.size]
-            if job.on_iterate is not None and (row.iterations % job.every == 0 or stop is not Stop.RUNNING):
-                job.on_iterate(row.iterations, absl[i], rell[i], y_row)
-            if stop is Stop.RUNNING:
+            if not code_i:
+                if job.cancelled:
+                    code_i = Stop.CANCELLED
+                elif now >= row.deadline:
+                    code_i = Stop.DEADLINE
+            hook = job.on_iterate is not None and (code_i or row.iterations % job.every == 0)
+            if not code_i and not hook:
                 keep.append(i)
-            else:
-                resume = None
-                if stop in RESUMABLE:
-                    resume = Resume(
-                        y_row.clone(),
-                        solver.select(torch.tensor([i], device=y_row.device)),
-                        row.iterations,
-                        float(t["first_res"][i]),
-                        row.trace,
-                    )
-                self._finish(row, stop, y_row, resume=resume)
+                continue
+            y_row = y_next[i : i + 1, : row.size]
+            if hook:
+                job.on_iterate(row.iterations, absl[i], rell[i], y_row)  # type: ignore[misc]
+            if not code_i:
+                keep.append(i)
+                continue
+            stop = Stop(int(code_i))
+            resume = None
+            if stop in RESUMABLE:
+                resume = Resume(
+                    y_row.clone(),
+                    solver.select(torch.tensor([i], device=y_row.device)),
+                    row.iterations,
+                    float(t["first_res"][i]),
+                    row.trace,
+                )
+            self._finish(row, stop, y_row, resume=resume)
         self.ticks += 1
         self.last_tick_rows = len(codes)
         if len(keep) < len(self._rows):
