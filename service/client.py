@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import websockets
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -92,8 +94,9 @@ class SolveStream:
         self._ws.send(json.dumps({"type": "extend", "max_iters": max_iters}))
 
     def cancel(self) -> None:
-        """Stop the solve; its result arrives with status `cancelled`."""
-        self._ws.send(json.dumps({"type": "cancel"}))
+        """Stop the solve; its result arrives with status `cancelled` (a no-op once it has ended)."""
+        with contextlib.suppress(ConnectionClosed):
+            self._ws.send(json.dumps({"type": "cancel"}))
 
     def close(self) -> None:
         """Close the connection (the server cancels a solve still running)."""
@@ -171,8 +174,9 @@ class AsyncSolveStream:
         await self._ws.send(json.dumps({"type": "extend", "max_iters": max_iters}))
 
     async def cancel(self) -> None:
-        """Stop the solve."""
-        await self._ws.send(json.dumps({"type": "cancel"}))
+        """Stop the solve (a no-op once it has ended)."""
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.send(json.dumps({"type": "cancel"}))
 
 
 class AsyncClient:

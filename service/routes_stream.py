@@ -146,7 +146,7 @@ async def solve_stream(ws: WebSocket) -> None:
             control.job.cancelled = True
         reader.cancel()
         gauge.dec()
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client may be gone already
             await ws.close()
 
 
