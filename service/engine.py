@@ -171,9 +171,11 @@ class Engine:
         max_queue: int = 256,
         batching: Batching = "continuous",
         backend: Backend = "torch",
+        torch_threads: int = 0,
     ) -> None:
         self.model = model
         self.backend = backend
+        self.torch_threads = torch_threads
         self.name = model.name
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
@@ -234,6 +236,8 @@ class Engine:
     # -- the worker --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.torch_threads:  # intra-op threads are set per calling thread
+            torch.set_num_threads(self.torch_threads)
         with torch.inference_mode():
             while True:
                 with self._cond:

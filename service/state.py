@@ -51,6 +51,7 @@ class ServerState:
                 max_queue=self.settings.max_queue,
                 batching=self.settings.batching,  # type: ignore[arg-type]
                 backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
+                torch_threads=self.settings.torch_threads,
             )
             self.metrics.observe(engine)
             engine.start()

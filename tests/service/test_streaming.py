@@ -126,7 +126,7 @@ def test_disconnect_cancels_within_an_iteration(server) -> None:
         assert_engine_goes_idle(engine)
 
 
-def test_slow_reader_loses_iterates_but_never_the_result() -> None:
+def test_slow_reader_gets_the_result_and_an_honest_dropped_count() -> None:
     app = create_app(Settings(models=[], stream_buffer=8), {"reciprocal": Reciprocal()})
     with live_server(app) as url, connect(ws_url(url)) as ws:
         engine = app.state.eq.served["reciprocal"].engine
@@ -138,7 +138,7 @@ def test_slow_reader_loses_iterates_but_never_the_result() -> None:
         events = drain(ws)
     result = events[-1]
     assert result["iterations"] == 3000 and result["status"] == "max_iters"
-    assert result["dropped"] > 0
+    # whether iterates were dropped depends on how much the sockets buffered; none may be lost
     assert len(events) - 1 + result["dropped"] == 3000
     ts = [e["t"] for e in events[:-1]]
     assert ts == sorted(ts) and ts[-1] == 3000
@@ -199,3 +199,21 @@ def test_auth_guards_models_and_streams_but_not_health() -> None:
             assert drain(ws)[-1]["status"] == "converged"
         with Client(url, api_key="s3cret") as client:
             assert client.solve("reciprocal", {"x": [0.5]})["status"] == "converged"
+
+
+def test_event_stream_drops_oldest_iterates_never_the_result() -> None:
+    import asyncio
+
+    from service.streams import EventStream
+
+    async def scenario() -> tuple[list[dict], int]:
+        stream = EventStream(asyncio.get_running_loop(), capacity=8)
+        for t in range(1, 101):
+            stream.push({"type": "iterate", "t": t})
+        stream.finish({"type": "result"})
+        return [e async for e in stream.events()], stream.dropped
+
+    events, dropped = asyncio.run(scenario())
+    assert dropped == 92
+    assert [e.get("t") for e in events] == [*range(93, 101), None]
+    assert events[-1]["type"] == "result"
