@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_ready
 
 EQSERVE = str(Path(sys.executable).parent / "eqserve")
 
@@ -22,25 +21,18 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [EQSERVE, "serve", "--port", str(port), "--models", "reciprocal,deq-mlp", "--max-iters-cap", "3000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path_factory.mktemp("server") / "eqserve.log"
+    with log.open("w") as out:
+        args = ["serve", "--port", str(port), "--models", "reciprocal,deq-mlp", "--max-iters-cap", "3000"]
+        proc = subprocess.Popen(
+            [EQSERVE, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.2)
+    wait_ready(proc, f"{url}/readyz", log)
     yield url
     proc.terminate()
     proc.wait(10)

@@ -18,7 +18,7 @@ from models.reciprocal import Reciprocal
 from service.app import create_app
 from service.config import Settings
 from service.metrics import LATENCY_BUCKETS
-from tests.live_server import free_port, live_server
+from tests.live_server import free_port, live_server, wait_ready
 
 ITERS = 200
 """Every request runs exactly this many iterations (tol 0)."""
@@ -48,31 +48,17 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, str]]:
             f"      - targets: ['{url.removeprefix('http://')}']\n"
         )
         port = free_port()
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        log = tmp_path / "prometheus.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
         prom = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, (
-                    proc.stderr.read().decode() if proc.stderr else "prometheus exited"
-                )
-                try:
-                    if httpx.get(f"{prom}/-/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "prometheus did not become ready"
-                time.sleep(0.2)
+            wait_ready(proc, f"{prom}/-/ready", log, timeout=30)
             yield url, prom
         finally:
             proc.terminate()
