@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +48,8 @@ class Metrics:
     def __init__(self, max_iters_cap: int) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.engines: list[Engine] = []
+        r.register(_EngineGauges(self.engines))
         self.requests = Counter(
             "eqserve_requests", "Finished solves by final status", ["model", "status"], registry=r
         )
@@ -106,7 +108,7 @@ class Metrics:
     def observe(self, engine: Engine) -> None:
         """Attach to an engine: its events feed the counters and histograms, its queues the gauges."""
         engine.observer = _EngineObserver(self, engine.name)
-        self.registry.register(_EngineGauges(lambda: [engine]))
+        self.engines.append(engine)
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -150,9 +152,10 @@ class _EngineObserver:
 
 
 class _EngineGauges(Collector):
-    """requests_running, requests_waiting and batch_rows, read from the engines at scrape time."""
+    """requests_running, requests_waiting and batch_rows of every engine, read at scrape time
+    (one collector for all of them: a metric family may appear once in an exposition)."""
 
-    def __init__(self, engines: Callable[[], Iterable[Engine]]) -> None:
+    def __init__(self, engines: list[Engine]) -> None:
         self.engines = engines
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -162,7 +165,7 @@ class _EngineGauges(Collector):
             "eqserve_requests_waiting", "Requests waiting for a row", labels=["model"]
         )
         rows = GaugeMetricFamily("eqserve_batch_rows", "Rows the last tick computed", labels=["model"])
-        for e in self.engines():
+        for e in self.engines:
             running.add_metric([e.name], e.running)
             waiting.add_metric([e.name], e.waiting)
             rows.add_metric([e.name], e.last_tick_rows)

@@ -41,6 +41,9 @@ def test_counters_and_histograms_follow_the_traffic() -> None:
         client.post("/v1/solve", json={"model": "faulty", "input": {"x": [NAN_X]}})
         client.post("/v1/solve", json={"model": "reciprocal", "input": {"x": [0.5]}, "budget": {"tol": -1}})
         client.post("/v1/solve", json={"model": "reciprocal", "input": {"x": [9.0]}})
+        text = client.get("/metrics").text
+        for family in ("eqserve_requests_running", "eqserve_requests_total", "eqserve_tick_seconds"):
+            assert text.count(f"# TYPE {family} ") == 1, family  # Prometheus rejects a repeated family
         m = scrape(client)
         r = {"model": "reciprocal"}
         assert value(m, "eqserve_requests_total", model="reciprocal", status="max_iters") == 3
