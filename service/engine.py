@@ -116,6 +116,11 @@ class SolveJob:
         return math.inf if self.timeout_s is None else self.submitted + self.timeout_s
 
     @property
+    def start(self) -> torch.Tensor:
+        """The state the row starts from: y0, or where an extended solve stopped."""
+        return self.y0 if self.resume is None else self.resume.y
+
+    @property
     def size(self) -> int:
         """Number of state entries of this request's row."""
         return self.y0.shape[1]
@@ -272,9 +277,9 @@ class Engine:
                 row.iterations = job.resume.iterations
                 row.trace = list(job.resume.trace)
             if job.cancelled:
-                self._finish(row, Stop.CANCELLED, job.y0)
+                self._finish(row, Stop.CANCELLED, job.start)
             elif now >= job.deadline:
-                self._finish(row, Stop.DEADLINE, job.y0)
+                self._finish(row, Stop.DEADLINE, job.start)
             else:
                 fresh.append(row)
         if fresh:
@@ -289,11 +294,10 @@ class Engine:
             self._t, self._solver, self._bctx = {}, None, {}
             self.last_tick_rows = 0
             return
-        width = max(r.job.size for r in rows)
+        width = max(r.size for r in rows)
         jobs = [r.job for r in fresh]
         dev = self.model.device()
-        starts = [j.y0 if j.resume is None else j.resume.y for j in jobs]
-        new_y, _ = pad_rows(starts, width) if jobs else (None, None)
+        new_y, _ = pad_rows([j.start for j in jobs], width) if jobs else (None, None)
         new_t: dict[str, torch.Tensor] = {}
         if jobs:
             assert new_y is not None
@@ -311,14 +315,14 @@ class Engine:
                     device=dev,
                 ),
             }
-        if self._t and keep:
-            idx = torch.tensor(keep, device=dev)
+        idx = torch.tensor(keep, device=dev) if keep else None
+        if self._t and idx is not None:
             old = {k: v[idx] for k, v in self._t.items()}
             old["y"] = _fit(old["y"], width)
             self._t = {k: torch.cat([old[k], new_t[k]]) for k in old} if jobs else old
         else:
             self._t = new_t
-        solver = self._solver.select(torch.tensor(keep, device=dev)) if self._solver and keep else None
+        solver = self._solver.select(idx) if self._solver and idx is not None else None
         plain = [j for j in jobs if j.resume is None]
         if plain:
             assert new_y is not None
@@ -453,7 +457,7 @@ class Engine:
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
         rows = self._rows
-        ys = [self._t["y"][i : i + 1, : r.job.size] for i, r in enumerate(rows)] if rows else []
+        ys = [self._t["y"][i : i + 1, : r.size] for i, r in enumerate(rows)] if rows else []
         with self._cond:
             waiting = list(self._waiting) if self._stopping else []
             if self._stopping:
@@ -461,7 +465,7 @@ class Engine:
         for row, y in zip(rows, ys, strict=True):
             self._finish(row, stop, y, error)
         for job in waiting:
-            self._finish(_Row(job, admitted=time.monotonic()), stop, job.y0, error)
+            self._finish(_Row(job, admitted=time.monotonic()), stop, job.start, error)
         self._rebuild([], [])
 
 

@@ -226,3 +226,14 @@ def test_iterate_hook_sees_every_kth_iterate_and_the_last() -> None:
     alone(model, j)
     assert [t for t, _ in seen] == [4, 8, 10]
     assert seen[-1][1] == pytest.approx((1 - 0.5**10) / 0.5)
+
+
+def test_an_extension_cancelled_before_admission_answers_where_it_stopped() -> None:
+    model = Reciprocal()
+    first_job = job(model, [0.1], tol=0.0, max_iters=5)
+    first = alone(model, first_job)
+    more = extend_job(first_job, first, 10)
+    more.cancelled = True
+    r = alone(model, more)
+    assert r.status == "cancelled" and r.iterations == 5
+    assert r.state == first.state
