@@ -22,6 +22,11 @@ from service.streams import EventStream, iterate_hook
 router = APIRouter()
 
 
+def error_event(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """A stream's error event: the API's error shape with `"type": "error"`."""
+    return {"type": "error", **error_body(type_, message, field)}
+
+
 def result_event(model: str, result: SolveResult, dropped: int) -> dict[str, Any]:
     """The final stream event: /v1/solve's answer plus how many iterates were dropped."""
     body = to_response(model, result).model_dump(mode="json", exclude_unset=True)
@@ -39,9 +44,9 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
         if exc is None:
             stream.finish(result_event(served.meta.name, f.result(), stream.dropped))
         elif isinstance(exc, ModelStepError):
-            stream.finish({"type": "error", **error_body("model_error", str(exc))})
+            stream.finish(error_event("model_error", str(exc)))
         else:
-            stream.finish({"type": "error", **error_body("internal_error", repr(exc))})
+            stream.finish(error_event("internal_error", repr(exc)))
 
     fut.add_done_callback(done)
     return fut
@@ -95,14 +100,10 @@ class _Control:
                     try:
                         await self.extends.put(validate(ExtendMessage, msg))
                     except ApiError as exc:
-                        await self.ws.send_json(
-                            {"type": "error", **error_body(exc.type, exc.message, exc.field)}
-                        )
+                        await self.ws.send_json(error_event(exc.type, exc.message, exc.field))
                 else:
-                    err = error_body(
-                        "invalid_message", "expected {'type': 'cancel'} or {'type': 'extend', ...}", "type"
-                    )
-                    await self.ws.send_json({"type": "error", **err})
+                    expected = "expected {'type': 'cancel'} or {'type': 'extend', ...}"
+                    await self.ws.send_json(error_event("invalid_message", expected, "type"))
         except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
             if self.job is not None:
                 self.job.cancelled = True
@@ -122,13 +123,11 @@ async def solve_stream(ws: WebSocket) -> None:
         req = validate(SolveRequest, await ws.receive_json())
         served, job, stream = prepare(state, req)
     except ApiError as exc:
-        await ws.send_json({"type": "error", **error_body(exc.type, exc.message, exc.field)})
+        await ws.send_json(error_event(exc.type, exc.message, exc.field))
         await ws.close(code=1008 if exc.status == 401 else 1000)
         return
     except (json.JSONDecodeError, KeyError) as exc:
-        await ws.send_json(
-            {"type": "error", **error_body("invalid_json", f"request is not valid JSON: {exc}")}
-        )
+        await ws.send_json(error_event("invalid_json", f"request is not valid JSON: {exc}"))
         await ws.close()
         return
     except WebSocketDisconnect:
@@ -159,7 +158,7 @@ async def _legs(
         try:
             fut = start_leg(state, served, job, stream)
         except ApiError as exc:
-            await ws.send_json({"type": "error", **error_body(exc.type, exc.message, exc.field)})
+            await ws.send_json(error_event(exc.type, exc.message, exc.field))
             return
         async for event in stream.events():
             await ws.send_json(event)
@@ -173,10 +172,8 @@ async def _legs(
         if ext is None:
             return
         if result.resume.iterations + ext.max_iters > state.settings.max_iters_cap:
-            err = error_body(
-                "over_cap", f"extending past the server's cap {state.settings.max_iters_cap}", "max_iters"
-            )
-            await ws.send_json({"type": "error", **err})
+            cap = state.settings.max_iters_cap
+            await ws.send_json(error_event("over_cap", f"extending past the server's cap {cap}", "max_iters"))
             return
         job = extend_job(job, result, ext.max_iters)
         stream.reset()
