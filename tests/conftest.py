@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,3 +30,26 @@ def client() -> Iterator[TestClient]:
         {"reciprocal": Reciprocal(), "faulty": Faulty()}, max_iters_cap=5000, timeout_cap_s=60
     ) as c:
         yield c
+
+
+@contextmanager
+def one_running_one_waiting(client: TestClient, model: str, body: dict) -> Iterator[list[int]]:
+    """On a server with one row and a queue of one, hold one `body` request running and one
+    waiting; the yielded list receives their status codes once both have ended."""
+    engine = client.app.state.eq.served[model].engine  # type: ignore[attr-defined]
+    answers: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(client.post("/v1/solve", json=body).status_code))
+        for _ in range(2)
+    ]
+    threads[0].start()
+    while engine.running < 1:
+        time.sleep(0.005)
+    threads[1].start()
+    while engine.waiting < 1:
+        time.sleep(0.005)
+    try:
+        yield answers
+    finally:
+        for t in threads:
+            t.join()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from models.reciprocal import Reciprocal
-from tests.conftest import make_client
+from tests.conftest import make_client, one_running_one_waiting
 from tests.fake_models import NAN_X, RAISE_X
 
 
@@ -123,25 +120,16 @@ def test_diverged_row_answers_200_with_null_output(client: TestClient) -> None:
 
 def test_queue_full_is_429_with_retry_after() -> None:
     with make_client({"reciprocal": Reciprocal()}, max_batch_rows=1, max_queue=1) as client:
-        engine = client.app.state.eq.served["reciprocal"].engine  # type: ignore[attr-defined]
-        slow = {"input": {"x": [1e-4]}, "budget": {"tol": 0, "max_iters": 10**4, "timeout_s": 2}}
-        answers: list[int] = []
-        threads = [
-            threading.Thread(target=lambda: answers.append(solve(client, **slow).status_code))
-            for _ in range(2)
-        ]
-        threads[0].start()
-        while engine.running < 1:
-            time.sleep(0.005)
-        threads[1].start()
-        while engine.waiting < 1:
-            time.sleep(0.005)
-        r = solve(client)
-        assert r.status_code == 429
-        assert int(r.headers["Retry-After"]) >= 1
-        assert r.json()["error"]["type"] == "overloaded"
-        for t in threads:
-            t.join()
+        slow = {
+            "model": "reciprocal",
+            "input": {"x": [1e-4]},
+            "budget": {"tol": 0, "max_iters": 10**4, "timeout_s": 2},
+        }
+        with one_running_one_waiting(client, "reciprocal", slow) as answers:
+            r = solve(client)
+            assert r.status_code == 429
+            assert int(r.headers["Retry-After"]) >= 1
+            assert r.json()["error"]["type"] == "overloaded"
         assert answers == [200, 200]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from fastapi.testclient import TestClient
@@ -10,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.reciprocal import Reciprocal
 from service.metrics import iteration_buckets
-from tests.conftest import make_client
+from tests.conftest import make_client, one_running_one_waiting
 from tests.fake_models import NAN_X, Faulty
 
 
@@ -67,29 +66,18 @@ def test_counters_and_histograms_follow_the_traffic() -> None:
 
 def test_gauges_show_running_waiting_and_queue_refusals() -> None:
     with make_client({"reciprocal": Reciprocal()}, max_batch_rows=1, max_queue=1) as client:
-        engine = client.app.state.eq.served["reciprocal"].engine  # type: ignore[attr-defined]
         slow = {
             "model": "reciprocal",
             "input": {"x": [1e-5]},
             "budget": {"tol": 0, "max_iters": 10**4, "timeout_s": 3},
         }
-        threads = [
-            threading.Thread(target=client.post, args=("/v1/solve",), kwargs={"json": slow}) for _ in range(2)
-        ]
-        threads[0].start()
-        while engine.running < 1:
-            time.sleep(0.005)
-        threads[1].start()
-        while engine.waiting < 1:
-            time.sleep(0.005)
-        assert client.post("/v1/solve", json=slow).status_code == 429
-        m = scrape(client)
-        assert value(m, "eqserve_requests_running", model="reciprocal") == 1
-        assert value(m, "eqserve_requests_waiting", model="reciprocal") == 1
-        assert value(m, "eqserve_batch_rows", model="reciprocal") == 1
-        assert value(m, "eqserve_rejected_total", model="reciprocal", reason="queue_full") == 1
-        for t in threads:
-            t.join()
+        with one_running_one_waiting(client, "reciprocal", slow):
+            assert client.post("/v1/solve", json=slow).status_code == 429
+            m = scrape(client)
+            assert value(m, "eqserve_requests_running", model="reciprocal") == 1
+            assert value(m, "eqserve_requests_waiting", model="reciprocal") == 1
+            assert value(m, "eqserve_batch_rows", model="reciprocal") == 1
+            assert value(m, "eqserve_rejected_total", model="reciprocal", reason="queue_full") == 1
 
 
 def test_stream_clients_gauge_counts_open_streams() -> None:
