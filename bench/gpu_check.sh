@@ -14,6 +14,13 @@ export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 status=0
 
+# The engine-parity test needs pydantic (models import it), which the GPU image lacks: carried as
+# wheels in .whl/ (see bench/RESULTS.md for how they were fetched), installed outside the image.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
   "$py" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"

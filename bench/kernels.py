@@ -235,7 +235,7 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300.0, help="skip what is left after this long")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = [("fp32", 64, 16)] if args.quick else [(d, n, b) for d in DTYPES for n in NS for b in BS]
+    shapes = [("fp32", 64, 16)] if args.quick else [(d, n, b) for n in NS for b in BS for d in DTYPES]
     start = time.perf_counter()
     bandwidth = copy_bandwidth(device)
     rows: list[dict] = []
@@ -255,6 +255,7 @@ def main() -> int:
                 row["us"][name] = round(per_iter_us(build(), iters, device), 2)
             except Exception as exc:  # one method failing must not lose the others' numbers
                 row["skipped"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        print(f"[{time.perf_counter() - start:6.1f} s] {dname} n={n} B={b}: {row['us']}", file=sys.stderr)
         triton_us = {
             k: v for k, v in row["us"].items() if k in ("fused", "fused_tuned", "persistent", "graph")
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest.importorskip("pydantic", reason="the models need pydantic (the GPU image lacks it unless carried)")
+
 from kernels.dispatch import select_backend
 from models.deq_mlp.model import DeqMLP
 from service.engine import Engine, SolveJob, SolveResult
