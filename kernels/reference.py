@@ -46,9 +46,9 @@ class Stop(IntEnum):
 def residuals(y: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row abs = ‖G(y) − y‖ and rel = abs / (‖G(y)‖ + ε), computed in fp32 or wider."""
     acc = torch.promote_types(y.dtype, torch.float32)
-    d = (gy - y).to(acc)
+    d, g = (gy - y, gy) if gy.dtype == acc else ((gy - y).to(acc), gy.to(acc))
     abs_res = torch.linalg.vector_norm(d, dim=1)
-    rel_res = abs_res / (torch.linalg.vector_norm(gy.to(acc), dim=1) + RESIDUAL_EPS)
+    rel_res = abs_res / (torch.linalg.vector_norm(g, dim=1) + RESIDUAL_EPS)
     return abs_res, rel_res
 
 
@@ -78,12 +78,13 @@ def decide(
     measures its tolerance against the relative residual.
     """
     res = torch.where(rel_mode, rel_res, abs_res)
-    finite = torch.isfinite(abs_res) & torch.isfinite(y_next.sum(1))  # one NaN or inf makes the sum so
-    blown = abs_res > DIVERGENCE_GROWTH * first_res.clamp(min=1.0)
-    code = torch.full_like(iters, Stop.RUNNING)
-    code = torch.where(iters >= max_iters, Stop.MAX_ITERS, code)
+    # Sound: finite and not blown up. NaN or inf fails `<=`, and one NaN or inf in a row of
+    # y_next makes its sum, times 0, NaN.
+    limit = DIVERGENCE_GROWTH * first_res.clamp(min=1.0)
+    sound = y_next.sum(1) * 0.0 + abs_res <= limit
+    code = (iters >= max_iters) * Stop.MAX_ITERS
     code = torch.where(res <= tol, Stop.CONVERGED, code)
-    return torch.where(~finite | blown, Stop.DIVERGED, code)
+    return torch.where(sound, code, Stop.DIVERGED)
 
 
 class StepOut(NamedTuple):

@@ -60,7 +60,7 @@ def decide(abs_res, rel_res, y_finite, first_res, iters, max_iters, tol, rel_mod
     res = tl.where(rel_mode, rel_res, abs_res).to(tl.float64)
     finite = (abs_res == abs_res) & (abs_res != float("inf")) & y_finite
     floor = tl.where(first_res < 1.0, 1.0, first_res)
-    blown = abs_res.to(tl.float64) > GROWTH * floor
+    within = abs_res.to(tl.float64) <= GROWTH * floor  # false for NaN or inf, as in the reference
     code = tl.where(iters >= max_iters, MAX_ITERS, RUNNING)
     code = tl.where(res <= tol, CONVERGED, code)
-    return tl.where(finite & ~blown, code, DIVERGED)
+    return tl.where(finite & within, code, DIVERGED)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
@@ -107,8 +107,22 @@ class SolveJob:
     on_iterate: IterateHook | None = None
     resume: Resume | None = None
     submitted: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
     future: Future = field(default_factory=Future)
+    _cancelled: bool = field(default=False, repr=False)
+
+    cancellations: ClassVar[int] = 0
+    """Counts every job ever cancelled, so that a worker rescans its rows only when it moved."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the client cancelled (or left); the worker stops the row at its next tick."""
+        return self._cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        self._cancelled = value
+        if value:
+            SolveJob.cancellations += 1
 
     @property
     def deadline(self) -> float:
@@ -149,13 +163,19 @@ RESUMABLE = (Stop.MAX_ITERS, Stop.DEADLINE)
 
 @dataclass
 class _Row:
-    """A job in the batch: its counters, its size and deadline read once, its trace."""
+    """A job in the batch: its counters, its size and deadline read once, its trace.
+
+    `iterations` is brought up to date only when the row is visited (`offset` + the engine's tick
+    count gives it), so that a tick costs nothing per row that neither stops nor streams.
+    """
 
     job: SolveJob
     admitted: float
     iterations: int = 0
+    offset: int = 0
     size: int = field(init=False)
     deadline: float = field(init=False)
+    watched: bool = field(init=False)
     residual: float | None = None
     rel_residual: float | None = None
     trace: list[dict[str, float]] = field(default_factory=list)
@@ -163,6 +183,7 @@ class _Row:
     def __post_init__(self) -> None:
         self.size = self.job.size
         self.deadline = self.job.deadline
+        self.watched = self.job.trace or self.job.on_iterate is not None
 
 
 class Engine:
@@ -190,6 +211,11 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._rows: list[_Row] = []
+        self._keep: list[int] | None = None
+        self._fresh: list[int] = []
+        self._watched: list[int] = []
+        self._next_deadline = math.inf
+        self._cancellations = 0
         self._mean_solve_s = 0.05
         self.ticks = 0
         self.last_tick_rows = 0
@@ -225,8 +251,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Rows in the batch."""
-        return len(self._rows)
+        """Rows in the batch (those retired by the last tick no longer count)."""
+        return len(self._rows) if self._keep is None else len(self._keep)
 
     def submit(self, job: SolveJob) -> Future:
         """Queue a job; raises QueueFull at once when the waiting queue is at its bound."""
@@ -246,20 +272,19 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not self._rows and not self._waiting:
+                    while not self._stopping and not self.running and not self._waiting:
                         self._cond.wait()
                     if self._stopping:
                         break
                     admitted = self._take_admissions()
-                if admitted:
-                    self._admit(admitted)
+                self._admit(admitted)
                 if self._rows:
                     self._tick()
         self._fail_all(Stop.CANCELLED)
 
     def _take_admissions(self) -> list[SolveJob]:
-        free = self.max_batch_rows - len(self._rows)
-        if self.batching == "static" and self._rows:
+        free = self.max_batch_rows - self.running
+        if self.batching == "static" and self.running:
             free = 0
         taken: list[SolveJob] = []
         while free > 0 and self._waiting:
@@ -268,13 +293,14 @@ class Engine:
         return taken
 
     def _admit(self, jobs: list[SolveJob]) -> None:
+        """Retire the rows the last tick stopped and admit `jobs`, in one rebuild of the batch."""
         now = time.monotonic()
         fresh: list[_Row] = []
         for job in jobs:
-            row = _Row(job, admitted=now)
+            base = 0 if job.resume is None else job.resume.iterations
+            row = _Row(job, admitted=now, iterations=base, offset=self.ticks - base)
             self.observer.admitted(job, now - job.submitted)
             if job.resume is not None:
-                row.iterations = job.resume.iterations
                 row.trace = list(job.resume.trace)
             if job.cancelled:
                 self._finish(row, Stop.CANCELLED, job.start)
@@ -282,14 +308,18 @@ class Engine:
                 self._finish(row, Stop.DEADLINE, job.start)
             else:
                 fresh.append(row)
-        if fresh:
-            self._rebuild(list(range(len(self._rows))), fresh)
+        keep, self._keep = self._keep, None
+        if fresh or keep is not None:
+            self._rebuild(list(range(len(self._rows))) if keep is None else keep, fresh)
 
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
         """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
         fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
         rows = [self._rows[i] for i in keep] + fresh
         self._rows = rows
+        self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r.job.resume is None]
+        self._watched = [i for i, r in enumerate(rows) if r.watched]
+        self._next_deadline = min((r.deadline for r in rows), default=math.inf)
         if not rows:
             self._t, self._solver, self._bctx = {}, None, {}
             self.last_tick_rows = 0
@@ -356,7 +386,8 @@ class Engine:
         abs_res, rel_res = residuals(t["y"], gy)
         y_next = solver.update(t["y"], gy)
         t["iters"] += 1
-        t["first_res"] = torch.where(t["iters"] == 1, abs_res.double(), t["first_res"])
+        if self._fresh:  # only rows on their first iteration set their first residual
+            t["first_res"] = torch.where(t["iters"] == 1, abs_res.double(), t["first_res"])
         code = decide(
             abs_res, rel_res, y_next, t["first_res"], t["iters"], t["max_iters"], t["tol"], t["rel_mode"]
         )
@@ -372,17 +403,29 @@ class Engine:
             log.exception("model %s failed in its step", self.name)
             self._fail_all(Stop.ERROR, ModelStepError(self.name, exc))
             return
-        codes, absl, rell = torch.stack([code.double(), abs_res.double(), rel_res.double()]).tolist()
+        codes, absl, rell = torch.stack([code.to(abs_res.dtype), abs_res, rel_res]).tolist()
         t["y"] = y_next
+        self.ticks += 1
         now = time.monotonic()
-        keep: list[int] = []
-        for i, row in enumerate(self._rows):
-            row.iterations += 1
+        rows = self._rows
+        for i in self._fresh:
+            self.observer.first_iterate(rows[i].job, now - rows[i].job.submitted)
+        self._fresh = []
+        # Visit only the rows that stopped, stream or trace, passed their deadline or were cancelled.
+        visit = [i for i, c in enumerate(codes) if c] if any(codes) else []
+        visit += self._watched
+        if SolveJob.cancellations != self._cancellations:
+            self._cancellations = SolveJob.cancellations
+            visit += [i for i, r in enumerate(rows) if r.job.cancelled]
+        if now >= self._next_deadline:
+            visit += [i for i, r in enumerate(rows) if now >= r.deadline]
+        stopped: set[int] = set()
+        for i in sorted(set(visit)):
+            row = rows[i]
+            row.iterations = self.ticks - row.offset
             row.residual, row.rel_residual = absl[i], rell[i]
             job = row.job
-            code_i = codes[i]
-            if row.iterations == 1:
-                self.observer.first_iterate(job, now - job.submitted)
+            code_i = int(codes[i])
             if job.trace and (code_i or row.iterations % job.every == 0):
                 row.trace.append({"t": row.iterations, "residual": absl[i], "rel_residual": rell[i]})
             if not code_i:
@@ -390,32 +433,30 @@ class Engine:
                     code_i = Stop.CANCELLED
                 elif now >= row.deadline:
                     code_i = Stop.DEADLINE
-            hook = job.on_iterate is not None and (code_i or row.iterations % job.every == 0)
-            if not code_i and not hook:
-                keep.append(i)
-                continue
-            y_row = y_next[i : i + 1, : row.size]
-            if hook:
-                job.on_iterate(row.iterations, absl[i], rell[i], y_row)  # type: ignore[misc]
-            if not code_i:
-                keep.append(i)
-                continue
-            stop = Stop(int(code_i))
-            resume = None
-            if stop in RESUMABLE:
-                resume = Resume(
-                    y_row.clone(),
-                    solver.select(torch.tensor([i], device=y_row.device)),
-                    row.iterations,
-                    float(t["first_res"][i]),
-                    row.trace,
-                )
-            self._finish(row, stop, y_row, resume=resume)
-        self.ticks += 1
+            if job.on_iterate is not None and (code_i or row.iterations % job.every == 0):
+                job.on_iterate(row.iterations, absl[i], rell[i], y_next[i : i + 1, : row.size])
+            if code_i:
+                stopped.add(i)
+                self._retire(row, Stop(code_i), y_next[i : i + 1, : row.size], solver, i)
         self.last_tick_rows = len(codes)
-        if len(keep) < len(self._rows):
-            self._rebuild(keep, [])
+        if len(stopped) == len(rows):
+            self._rebuild([], [])
+        elif stopped:  # retired together with the next admissions, in one rebuild
+            self._keep = [i for i in range(len(rows)) if i not in stopped]
         self.observer.tick(time.perf_counter() - start, len(codes))
+
+    def _retire(self, row: _Row, stop: Stop, y_row: torch.Tensor, solver: SolverState, i: int) -> None:
+        """Finish row i of the batch; a solve that stopped on its budget keeps what it needs to go on."""
+        resume = None
+        if stop in RESUMABLE:
+            resume = Resume(
+                y_row.clone(),
+                solver.select(torch.tensor([i], device=y_row.device)),
+                row.iterations,
+                float(self._t["first_res"][i]),
+                row.trace,
+            )
+        self._finish(row, stop, y_row, resume=resume)
 
     def _finish(
         self,
@@ -456,8 +497,12 @@ class Engine:
         job.future.set_result(result)
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
-        rows = self._rows
-        ys = [self._t["y"][i : i + 1, : r.size] for i, r in enumerate(rows)] if rows else []
+        live = range(len(self._rows)) if self._keep is None else self._keep
+        rows = [self._rows[i] for i in live]
+        ys = [self._t["y"][i : i + 1, : r.size] for i, r in zip(live, rows, strict=True)]
+        self._keep = None
+        for r in rows:
+            r.iterations = self.ticks - r.offset
         with self._cond:
             waiting = list(self._waiting) if self._stopping else []
             if self._stopping:
@@ -478,7 +523,7 @@ def extend_job(job: SolveJob, result: SolveResult, more_iters: int) -> SolveJob:
         max_iters=result.resume.iterations + more_iters,
         resume=result.resume,
         submitted=time.monotonic(),
-        cancelled=False,
+        _cancelled=False,
         future=Future(),
     )
 

@@ -73,7 +73,7 @@ def test_decide_every_branch(device: str) -> None:
         ((1e-4, 0.5, False, 0.9, 3, 10, 1e-3, False), Stop.DIVERGED),  # non-finite y beats converged
         ((2e6, 0.9, True, 0.5, 3, 10, 1e-3, False), Stop.DIVERGED),  # growth past 1e6 × max(first, 1)
         ((2e6, 0.9, True, 3.0, 3, 10, 1e-3, False), Stop.RUNNING),  # ... but not past 1e6 × 3
-        ((2e6, 0.9, True, nan, 3, 100, 1e-3, False), Stop.RUNNING),  # NaN first residual: no growth test
+        ((0.5, 0.9, True, nan, 3, 100, 1e-3, False), Stop.DIVERGED),  # a NaN first residual never passes
     ]
     cols = list(zip(*(r for r, _ in rows), strict=True))
     dtypes = (torch.float32, torch.float32, torch.bool, torch.float64, torch.long, torch.long, torch.float64)
