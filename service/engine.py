@@ -178,6 +178,7 @@ class _Row:
     watched: bool = field(init=False)
     residual: float | None = None
     rel_residual: float | None = None
+    held: bool = False
     trace: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -216,6 +217,7 @@ class Engine:
         self._watched: list[int] = []
         self._next_deadline = math.inf
         self._cancellations = 0
+        self._held: list[tuple[_Row, SolveResult]] = []
         self._mean_solve_s = 0.05
         self.ticks = 0
         self.last_tick_rows = 0
@@ -422,6 +424,8 @@ class Engine:
         stopped: set[int] = set()
         for i in sorted(set(visit)):
             row = rows[i]
+            if row.held:  # static batching: answered, but computed on until the slowest row stops
+                continue
             row.iterations = self.ticks - row.offset
             row.residual, row.rel_residual = absl[i], rell[i]
             job = row.job
@@ -439,7 +443,11 @@ class Engine:
                 stopped.add(i)
                 self._retire(row, Stop(code_i), y_next[i : i + 1, : row.size], solver, i)
         self.last_tick_rows = len(codes)
-        if len(stopped) == len(rows):
+        if self.batching == "static":
+            if len(self._held) == len(rows):
+                self._release_held()
+                self._rebuild([], [])
+        elif len(stopped) == len(rows):
             self._rebuild([], [])
         elif stopped:  # retired together with the next admissions, in one rebuild
             self._keep = [i for i in range(len(rows)) if i not in stopped]
@@ -456,7 +464,7 @@ class Engine:
                 float(self._t["first_res"][i]),
                 row.trace,
             )
-        self._finish(row, stop, y_row, resume=resume)
+        self._finish(row, stop, y_row, resume=resume, hold=self.batching == "static")
 
     def _finish(
         self,
@@ -465,7 +473,9 @@ class Engine:
         y: torch.Tensor,
         error: BaseException | None = None,
         resume: Resume | None = None,
+        hold: bool = False,
     ) -> None:
+        """Answer the row's request (or, with `hold`, keep the answer until its static batch ends)."""
         job = row.job
         now = time.monotonic()
         if error is not None:
@@ -492,12 +502,29 @@ class Engine:
             solve_ms=(now - row.admitted) * 1e3,
             resume=resume,
         )
-        self._mean_solve_s = 0.9 * self._mean_solve_s + 0.1 * (now - job.submitted)
-        self.observer.finished(job, result)
-        job.future.set_result(result)
+        if hold:
+            row.held = True  # answered with the rest of its batch, as a DEQ library would
+            self._held.append((row, result))
+            return
+        self._deliver(row, result)
+
+    def _deliver(self, row: _Row, result: SolveResult) -> None:
+        now = time.monotonic()
+        result.solve_ms = (now - row.admitted) * 1e3
+        self._mean_solve_s = 0.9 * self._mean_solve_s + 0.1 * (now - row.job.submitted)
+        self.observer.finished(row.job, result)
+        row.job.future.set_result(result)
+
+    def _release_held(self) -> None:
+        """Static batching: answer every row of the batch that just ended."""
+        held, self._held = self._held, []
+        for row, result in held:
+            self._deliver(row, result)
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
+        self._release_held()
         live = range(len(self._rows)) if self._keep is None else self._keep
+        live = [i for i in live if not self._rows[i].held]
         rows = [self._rows[i] for i in live]
         ys = [self._t["y"][i : i + 1, : r.size] for i, r in zip(live, rows, strict=True)]
         self._keep = None

@@ -237,3 +237,31 @@ def test_an_extension_cancelled_before_admission_answers_where_it_stopped() -> N
     r = alone(model, more)
     assert r.status == "cancelled" and r.iterations == 5
     assert r.state == first.state
+
+
+def test_static_batch_computes_every_row_until_its_slowest_stops_and_answers_them_together() -> None:
+    """--batching static is the DEQ-library baseline: same answers, but a row's request waits for its batch."""
+    model = Reciprocal()
+    specs = [([0.3, 0.6], 1e-2), ([0.3, 0.6], 1e-9), ([0.7], 1e-5)]
+    jobs = [job(model, x, tol=tol) for x, tol in specs]
+    engine = Engine(model, batching="static")
+    futures = [engine.submit(j) for j in jobs]
+    answered_at: list[int] = []
+    for f in futures:
+        f.add_done_callback(lambda _: answered_at.append(engine.ticks))
+    rows_per_tick: list[int] = []
+    engine.observer.tick = lambda seconds, rows: rows_per_tick.append(rows)  # type: ignore[method-assign]
+    engine.start()
+    try:
+        results = [f.result(10) for f in futures]
+        later = engine.submit(job(model, [0.5], tol=1e-6)).result(10)
+    finally:
+        engine.stop()
+    slowest = max(r.iterations for r in results)
+    assert rows_per_tick[:slowest] == [3] * slowest  # finished rows stay in the batch
+    single = [alone(model, job(model, x, tol=tol)) for x, tol in specs]
+    for b, s in zip(results, single, strict=True):
+        assert (b.status, b.iterations, b.state) == (s.status, s.iterations, s.state)
+    assert answered_at == [slowest] * 3
+    assert len({r.iterations for r in results}) == 3
+    assert later.status == "converged" and later.queue_ms >= 0
