@@ -240,7 +240,7 @@ def test_an_extension_cancelled_before_admission_answers_where_it_stopped() -> N
 
 
 def test_static_batch_computes_every_row_until_its_slowest_stops_and_answers_them_together() -> None:
-    """--batching static is the DEQ-library baseline: same answers, but a row's request waits for its batch."""
+    """--batching static is the DEQ-library baseline: same answers; a request waits for its whole batch."""
     model = Reciprocal()
     specs = [([0.3, 0.6], 1e-2), ([0.3, 0.6], 1e-9), ([0.7], 1e-5)]
     jobs = [job(model, x, tol=tol) for x, tol in specs]
