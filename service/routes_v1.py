@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from service.engine import ModelStepError, SolveJob, SolveResult
 from service.errors import ApiError, read_json, validate
@@ -50,7 +50,9 @@ async def solve(request: Request) -> Any:
     served = state.get(req.model)
     job = state.build(served, req)
     result = await wait_result(request, job, state.submit(served, job))
-    return to_response(req.model, result)
+    # Serialized here, once: FastAPI's response_model path would validate and re-encode the answer.
+    body = to_response(req.model, result).model_dump_json(exclude_unset=True)
+    return Response(body, media_type="application/json")
 
 
 def describe(served: Served, full: bool) -> dict[str, Any]:
