@@ -46,6 +46,7 @@ def dense_step_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DOT: tl.constexpr,
     BF16_DOT: tl.constexpr,
 ):
     """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…"""
@@ -69,12 +70,21 @@ def dense_step_kernel(
             yk = tl.load(
                 y_ptr + base[:, None] + ks[None, :], mask=active[:, None] & kmask[None, :], other=0.0
             )
-            wk = tl.load(
-                w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
-                mask=kmask[:, None] & cmask[None, :],
-                other=0.0,
-            )
-            acc = dot(yk, wk, acc, BF16_DOT)
+            if DOT:
+                wk = tl.load(
+                    w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
+                    mask=kmask[:, None] & cmask[None, :],
+                    other=0.0,
+                )
+                acc = dot(yk, wk, acc, BF16_DOT)
+            else:
+                # Few rows: fp32 multiply-adds on W's rows as stored (bf16 products are exact in fp32).
+                wk = tl.load(
+                    w_ptr + cols[:, None].to(tl.int64) * n + ks[None, :],
+                    mask=cmask[:, None] & kmask[None, :],
+                    other=0.0,
+                )
+                acc += tl.sum(yk.to(tl.float32)[:, None, :] * wk.to(tl.float32)[None, :, :], axis=2)
         tile = active[:, None] & cmask[None, :]
         offs = base[:, None] + cols[None, :]
         g = tanh(acc + tl.load(inj_ptr + offs, mask=tile, other=0.0).to(tl.float32))
@@ -120,21 +130,24 @@ def dense_step_kernel(
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Block sizes and launch settings of the fused step."""
+    """Block sizes and launch settings of the fused step; `dot` False takes the multiply-add path
+    (for few rows: no 16-row tl.dot tile of which most rows are padding)."""
 
     block_b: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    dot: bool = True
 
     @property
     def name(self) -> str:
         """A short label for tables."""
-        return f"b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        path = "" if self.dot else "mv"
+        return f"{path}b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
 
 
-STEP_CONFIGS = {
+SMALL_CONFIGS = {
     False: (
         StepConfig(16, 16, 128, num_stages=2),
         StepConfig(16, 32, 64, num_stages=2),
@@ -149,23 +162,51 @@ STEP_CONFIGS = {
         StepConfig(64, 64, 32, num_warps=8),
     ),
 }
-"""Every configuration a launcher may pick, for the IEEE fp32 dot (False) and the bf16 dot (True):
-the fixed launcher by rule, the autotuned one by timing. Each fits sm_90 without spills
-(bench/kernels_aot.py); the fp32 dot runs on the FMA units and holds its operands in registers,
-so its tiles are smaller."""
+"""The fixed rule's configurations below LARGE_N, for the IEEE fp32 dot (False) and the bf16 dot (True):
+the fp32 dot runs on the FMA units and holds its operands in registers, so its tiles are smaller."""
 
-MIN_BLOCK_B = 16
-"""The smallest row block (tl.dot's smallest tile): scratch is sized for it."""
+LARGE_N = 2048
+"""From this state size on, streaming W is the step's cost: the fixed rule takes LARGE_CONFIGS."""
+
+LARGE_CONFIGS = {
+    False: (
+        (8, StepConfig(4, 8, 256, dot=False)),
+        (16, StepConfig(16, 16, 64, num_stages=4)),
+        (64, StepConfig(32, 32, 32)),
+        (None, StepConfig(64, 32, 32, num_warps=8)),
+    ),
+    True: (
+        (16, StepConfig(16, 32, 256)),
+        (None, StepConfig(64, 64, 64, num_warps=8, num_stages=4)),
+    ),
+}
+"""(most rows, configuration) for n ≥ LARGE_N, first match (None: any number), timed on an H200 at
+n = 2048 and 4096: wide K steps keep 16–32 KB of W in flight per program; in fp32, up to 8 rows take
+the multiply-add path (the FMA-unit 16-row dot is 3× slower there), more rows the small-n tiles (their
+dot is bound by the FMA units, not by memory)."""
+
+STEP_CONFIGS = {
+    bf16: tuple(dict.fromkeys(SMALL_CONFIGS[bf16] + tuple(c for _, c in LARGE_CONFIGS[bf16])))
+    for bf16 in (False, True)
+}
+"""Every configuration a launcher may pick: the fixed launcher by rule, the autotuned one by timing.
+Each fits sm_90 without spills (bench/kernels_aot.py)."""
+
+MIN_BLOCK_B = min(c.block_b for configs in STEP_CONFIGS.values() for c in configs)
+"""The smallest row block: scratch is sized for it."""
 
 MIN_PROGRAMS = 128
-"""The fixed rule's goal: about one wave of programs on an H100 (132 SMs) when the shape allows."""
+"""The small-n rule's goal: about one wave of programs on an H100 (132 SMs) when the shape allows."""
 
 
-def step_config(n: int, rows: int, bf16_dot: bool) -> StepConfig:
-    """The fixed launcher's configuration: rows per block by batch size, then the widest column block
-    that still gives MIN_PROGRAMS programs (else the narrowest)."""
+def step_config(n: int, rows: int, bf16_dot: bool, large_n: int = LARGE_N) -> StepConfig:
+    """The fixed launcher's configuration. From `large_n` on, LARGE_CONFIGS by number of rows; below,
+    rows per block by batch size, then the widest column block that still gives MIN_PROGRAMS programs
+    (else the narrowest)."""
+    if n >= large_n:
+        return next(c for most, c in LARGE_CONFIGS[bf16_dot] if most is None or rows <= most)
     block_b = 16 if rows <= 16 else 32 if rows <= 64 else 64
-    fits = [c for c in STEP_CONFIGS[bf16_dot] if c.block_b == block_b]
+    fits = [c for c in SMALL_CONFIGS[bf16_dot] if c.block_b == block_b]
     wide = [c for c in fits if triton.cdiv(rows, block_b) * triton.cdiv(n, c.block_n) >= MIN_PROGRAMS]
     return max(wide, key=lambda c: c.block_n) if wide else min(fits, key=lambda c: c.block_n)
 
@@ -248,12 +289,17 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
     """Launch one fused step with a fixed configuration (`step_config`'s rule unless given)."""
     n, slots = w.shape[0], buf.rows.numel()
     cfg = config or step_config(n, slots, _bf16_dot(w, buf))
+    if cfg.block_b < MIN_BLOCK_B:
+        raise ValueError(
+            f"block_b {cfg.block_b} is below MIN_BLOCK_B {MIN_BLOCK_B}, which scratch is sized for"
+        )
     grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n))
     dense_step_kernel[grid](
         *_args(w, buf, scratch),
         BLOCK_B=cfg.block_b,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
+        DOT=cfg.dot,
         BF16_DOT=_bf16_dot(w, buf),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -264,7 +310,7 @@ def _autotune(configs: tuple[StepConfig, ...]) -> triton.runtime.Autotuner:
     return triton.autotune(
         configs=[
             triton.Config(
-                {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k},
+                {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "DOT": c.dot},
                 num_warps=c.num_warps,
                 num_stages=c.num_stages,
             )
@@ -377,7 +423,13 @@ def shipped() -> list[Shipped]:
         }
         bf16 = dtype == torch.bfloat16
         for c in STEP_CONFIGS[bf16]:
-            constexprs = {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "BF16_DOT": bf16}
+            constexprs = {
+                "BLOCK_B": c.block_b,
+                "BLOCK_N": c.block_n,
+                "BLOCK_K": c.block_k,
+                "DOT": c.dot,
+                "BF16_DOT": bf16,
+            }
             out.append(
                 Shipped(
                     f"dense_step[{ptr(dtype)[1:]},{c.name}]",

@@ -13,6 +13,13 @@ from tests.kernels.problems import TOL, dense
 SMALL = dense_step.StepConfig(16, 16, 16)
 """Blocks smaller than the shapes below: several column blocks meet in the cross-program sum."""
 
+SMALL_MV = dense_step.StepConfig(4, 16, 16, dot=False)
+"""The multiply-add path with blocks smaller than the shapes below (15 programs, a K loop of 3)."""
+
+LARGE = sorted({c for configs in dense_step.LARGE_CONFIGS.values() for _, c in configs if c.dot}, key=str)
+"""The large-n dot configurations, on the small shapes below (their blocks cover them: masked tails);
+the multiply-add one runs in test_rule_takes_large_configs_from_large_n, on fewer rows."""
+
 
 def _step_inputs(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """20 rows of size 40 that end every way one step can end."""
@@ -37,6 +44,30 @@ def _step_inputs(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "max_iters": max_iters,
         "first_res": torch.full((b,), 0.5, dtype=torch.float64, device=device),
     }
+
+
+def _list_buffers(
+    a: dict[str, torch.Tensor], rows: torch.Tensor, code: torch.Tensor
+) -> dense_step.StepBuffers:
+    """Buffers of a step over the index list `rows`; outputs start at −7 (state) and −1 (residuals)."""
+    b, device = a["y"].shape[0], a["y"].device
+    return dense_step.StepBuffers(
+        y=a["y"],
+        y_out=torch.full_like(a["y"], -7.0),
+        inj=a["inj"],
+        beta=a["beta"].reshape(b),
+        tol=a["tol"],
+        rel_mode=a["rel_mode"],
+        max_iters=a["max_iters"],
+        iters=a["iters"].clone(),
+        iters_out=a["iters"].clone(),
+        first_res=a["first_res"].clone(),
+        first_out=a["first_res"].clone(),
+        code=code,
+        abs_res=torch.full((b,), -1.0, device=device),
+        rel_res=torch.full((b,), -1.0, device=device),
+        rows=rows,
+    )
 
 
 def _assert_step_close(out: reference.StepOut, ref: reference.StepOut, dtype: torch.dtype) -> None:
@@ -67,7 +98,10 @@ def test_autotuned_step_matches_reference(dtype: torch.dtype) -> None:
     )
 
 
-def test_index_list_steps_only_listed_running_rows(case: tuple[str, torch.dtype]) -> None:
+@pytest.mark.parametrize("config", [SMALL, SMALL_MV, *LARGE], ids=lambda c: c.name)
+def test_index_list_steps_only_listed_running_rows(
+    case: tuple[str, torch.dtype], config: dense_step.StepConfig
+) -> None:
     device, dtype = case
     a = _step_inputs(device, dtype)
     b = a["y"].shape[0]
@@ -76,27 +110,11 @@ def test_index_list_steps_only_listed_running_rows(case: tuple[str, torch.dtype]
     code = torch.zeros(b, dtype=torch.long, device=device)
     code[8] = Stop.CONVERGED  # listed but already stopped
     stepped = torch.tensor([r for r in listed if r != 8], device=device)
-    buf = dense_step.StepBuffers(
-        y=a["y"],
-        y_out=torch.full_like(a["y"], -7.0),
-        inj=a["inj"],
-        beta=a["beta"].reshape(b),
-        tol=a["tol"],
-        rel_mode=a["rel_mode"],
-        max_iters=a["max_iters"],
-        iters=a["iters"].clone(),
-        iters_out=a["iters"].clone(),
-        first_res=a["first_res"].clone(),
-        first_out=a["first_res"].clone(),
-        code=code,
-        abs_res=torch.full((b,), -1.0, device=device),
-        rel_res=torch.full((b,), -1.0, device=device),
-        rows=rows,
-    )
+    buf = _list_buffers(a, rows, code)
     scratch = dense_step.Scratch.new(b, torch.device(device))
     for _ in range(2):  # the second launch sees the scratch the first left behind
         buf.code.copy_(code)
-        dense_step.launch(a["w"], buf, scratch, SMALL)
+        dense_step.launch(a["w"], buf, scratch, config)
     assert not scratch.part.any() and not scratch.arrivals.any()
 
     ref = reference.dense_picard_step(**{k: v if k == "w" else v[stepped] for k, v in a.items()})
@@ -115,3 +133,40 @@ def test_index_list_steps_only_listed_running_rows(case: tuple[str, torch.dtype]
     assert (buf.abs_res[untouched] == -1.0).all()
     assert buf.iters_out[untouched].tolist() == a["iters"][untouched].tolist()
     assert buf.code[untouched].tolist() == code[untouched].tolist()
+
+
+def test_rule_takes_large_configs_from_large_n(case: tuple[str, torch.dtype]) -> None:
+    """With the threshold lowered to the test's n, the rule's pick (in fp32 the multiply-add path for
+    few rows) steps a list with a NaN row and a padding slot as the reference does."""
+    device, dtype = case
+    a = _step_inputs(device, dtype)
+    listed = [7, 3, 0, 5, 12, -1]  # 7 sees a NaN, 3 converges, 5 spends its budget; a padding slot
+    bf16 = dtype == torch.bfloat16
+    config = dense_step.step_config(40, len(listed), bf16, large_n=32)
+    assert config in [c for _, c in dense_step.LARGE_CONFIGS[bf16]] and config.dot == bf16
+    rows = torch.tensor(listed, dtype=torch.int32, device=device)
+    buf = _list_buffers(a, rows, torch.zeros_like(a["iters"]))
+    dense_step.launch(a["w"], buf, dense_step.Scratch.new(len(listed), torch.device(device)), config)
+    stepped = torch.tensor(listed[:-1], device=device)
+    ref = reference.dense_picard_step(**{k: v if k == "w" else v[stepped] for k, v in a.items()})
+    outs = (buf.y_out, buf.abs_res, buf.rel_res, buf.code, buf.iters_out, buf.first_out)
+    _assert_step_close(reference.StepOut(*(t[stepped] for t in outs)), ref, dtype)
+    assert set(ref.code.tolist()) == {Stop.RUNNING, Stop.CONVERGED, Stop.MAX_ITERS, Stop.DIVERGED}
+
+
+def test_rule_below_large_n_is_unchanged() -> None:
+    for bf16 in (False, True):
+        for n in (64, 256, 1024, dense_step.LARGE_N - 1):
+            for rows in (1, 16, 64, 256):
+                assert dense_step.step_config(n, rows, bf16) in dense_step.SMALL_CONFIGS[bf16]
+    assert not dense_step.step_config(4096, 1, False).dot
+    assert dense_step.step_config(4096, 1, True).dot
+
+
+def test_launch_refuses_blocks_scratch_is_not_sized_for() -> None:
+    a = _step_inputs("cpu", torch.float32)
+    rows = torch.arange(20, dtype=torch.int32)
+    buf = _list_buffers(a, rows, torch.zeros_like(a["iters"]))
+    small = dense_step.StepConfig(dense_step.MIN_BLOCK_B // 2, 16, 16, dot=False)
+    with pytest.raises(ValueError, match="MIN_BLOCK_B"):
+        dense_step.launch(a["w"], buf, dense_step.Scratch.new(20, torch.device("cpu")), small)

@@ -11,10 +11,13 @@ from kernels.graph_runner import GraphRunner
 from tests.kernels.problems import assert_same_solve, solve_case
 
 
-def test_runner_matches_reference(case: tuple[str, torch.dtype]) -> None:
+@pytest.mark.parametrize(
+    "config", [StepConfig(16, 16, 16), StepConfig(8, 16, 16, dot=False)], ids=lambda c: c.name
+)
+def test_runner_matches_reference(case: tuple[str, torch.dtype], config: StepConfig) -> None:
     device, dtype = case
     p, bud = solve_case(device, dtype, b=20)
-    runner = GraphRunner(p.w, steps_per_replay=4, config=StepConfig(16, 16, 16))
+    runner = GraphRunner(p.w, steps_per_replay=4, config=config)
     # 20 rows pad to 32 (12 zero-budget rows); rows stop inside replays; then fewer rows (a
     # smaller padded batch), then the first batch size again over buffers left by the first solve.
     for rows in (slice(0, 20), slice(3, 8), slice(0, 20)):
