@@ -360,8 +360,9 @@ def main() -> int:
     start = time.perf_counter()
     grid, reps = (GRID_QUICK, 5) if args.quick else (GRID_FULL, 7)
     cases = [deq_mlp(), contraction(symmetric=False)] + ([] if args.quick else [contraction(symmetric=True)])
-    if cases[0].model.meta().default_solver["m"] != OUR_M:
-        raise SystemExit(f"OUR_M = {OUR_M} is not the server's default {cases[0].model.meta().default_solver}")
+    default = cases[0].model.meta().default_solver
+    if default["m"] != OUR_M:
+        raise SystemExit(f"OUR_M = {OUR_M} is not the server's default {default}")
     print(
         f"solvers: eqserve (Engine, per-row exit) vs torchdeq {version('torchdeq')} (whole batch), "
         f"{ROWS} rows, fp32, y0 = 0, budget {CAP}; torch threads {THREADS}; best wall of {reps}; "

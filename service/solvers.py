@@ -66,13 +66,14 @@ class SolverState:
         return None if x is None or r is None else x + r
 
     def select(self, idx: torch.Tensor) -> SolverState:
-        """The state of the rows `idx`, in that order."""
+        """The state of the rows `idx`, in that order (index_select: a third of indexing's cost)."""
+        hist, gram = self.hist, self.gram
         return SolverState(
-            self.beta[idx],
-            self.m[idx],
-            self.count[idx],
-            None if self.hist is None else self.hist[idx],
-            None if self.gram is None else self.gram[idx],
+            self.beta.index_select(0, idx),
+            self.m.index_select(0, idx),
+            self.count.index_select(0, idx),
+            None if hist is None else hist.index_select(0, idx),
+            None if gram is None else gram.index_select(0, idx),
         )
 
     def concat(self, other: SolverState, width: int) -> SolverState:
@@ -122,7 +123,8 @@ class SolverState:
         r = gy - y
         self.hist.view(b * slots, two_n).index_copy_(0, pos, torch.cat([y, r], 1))
         # the new residual against every slot (itself included): its row and column of RRᵀ
-        g = torch.bmm(r.unsqueeze(1), self.hist[:, :, n:].mT).to(GRAM_DTYPE)
+        acc = torch.promote_types(y.dtype, torch.float32)  # bf16 histories: fp32 dot products
+        g = torch.bmm(r.unsqueeze(1).to(acc), self.hist[:, :, n:].mT.to(acc)).to(GRAM_DTYPE)
         self.gram.view(b * slots, slots).index_copy_(0, pos, g.squeeze(1))
         self.gram.scatter_(2, slot.view(b, 1, 1).expand(b, slots, 1), g.mT)
         alpha, ok = anderson_solve(self.gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
