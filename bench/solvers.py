@@ -48,8 +48,8 @@ DIM = 256
 TOLS = (1e-4, 1e-6)
 CAP = 3000
 """G-evaluation budget per row on both sides (our max_iters, their max_iter)."""
-OUR_M = 5
-"""Our Anderson history: the server's default (ModelMeta.default_solver)."""
+OUR_M = 10
+"""Our Anderson history: the server's default (ModelMeta.default_solver; main() checks it)."""
 THREADS = 1
 GOALS = {"ratio_evals_vs_torchdeq": 0.8, "ratio_time_vs_torchdeq": 0.5}
 TD_DEFAULT = (6, 1e-4, 1.0)
@@ -360,6 +360,9 @@ def main() -> int:
     start = time.perf_counter()
     grid, reps = (GRID_QUICK, 5) if args.quick else (GRID_FULL, 7)
     cases = [deq_mlp(), contraction(symmetric=False)] + ([] if args.quick else [contraction(symmetric=True)])
+    default = cases[0].model.meta().default_solver
+    if default["m"] != OUR_M:
+        raise SystemExit(f"OUR_M = {OUR_M} is not the server's default {default}")
     print(
         f"solvers: eqserve (Engine, per-row exit) vs torchdeq {version('torchdeq')} (whole batch), "
         f"{ROWS} rows, fp32, y0 = 0, budget {CAP}; torch threads {THREADS}; best wall of {reps}; "

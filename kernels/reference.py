@@ -195,34 +195,28 @@ def gram_matrix(hist_x: torch.Tensor, hist_f: torch.Tensor) -> torch.Tensor:
 
 
 def anderson_solve(
-    gram: torch.Tensor, k: torch.Tensor, ridge: float, max_weight: float
+    gram: torch.Tensor, k: torch.Tensor | None, ridge: float, max_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anderson weights α (B, M) and ok (B,) from a kept Gram matrix over each row's first k slots.
+    """Anderson weights α (B, M) and ok (B,) from a kept Gram matrix RRᵀ of residual histories.
 
-    Solves the bordered system [[0, 1ᵀ], [1, RRᵀ + λI]] [ν; α] = [1; 0] with λ = `ridge` times the
-    mean valid diagonal; ok is False where it is singular, non-finite, or Σ|α| ≥ `max_weight` (the
-    caller then takes a Picard step).
+    α minimises ‖Σα_i r_i‖² + λ‖α‖² under Σα_i = 1 over each row's first k slots (k None: the slots
+    with a positive diagonal, i.e. those written): α = A⁻¹1 / 1ᵀA⁻¹1 with A the Gram scaled to a unit
+    diagonal plus λ = `ridge` (so λ is relative to each slot's own diagonal), by Cholesky in the
+    Gram's precision (fp32 or wider). ok is False where A is not positive definite, α is
+    non-finite or Σ|α| ≥ `max_weight`; α is then meaningless and the caller takes a Picard step.
     """
-    b, hist, _ = gram.shape
     acc = torch.promote_types(gram.dtype, torch.float32)
-    valid = torch.arange(hist, device=gram.device).unsqueeze(0) < k.unsqueeze(1)
-    vf = valid.to(acc)
-    gram = gram.to(acc) * (vf.unsqueeze(2) * vf.unsqueeze(1))
-    scale = (torch.diagonal(gram, dim1=1, dim2=2).sum(1) / k.to(acc)).clamp(min=torch.finfo(acc).tiny)
-    eye = torch.eye(hist, dtype=acc, device=gram.device)
-    gram = gram + eye * (ridge * scale.view(b, 1, 1) * vf.unsqueeze(2) + (1 - vf).unsqueeze(2))
-    h = torch.zeros(b, hist + 1, hist + 1, dtype=acc, device=gram.device)
-    h[:, 0, 1:] = vf
-    h[:, 1:, 0] = vf
-    h[:, 1:, 1:] = gram
-    finite = torch.isfinite(h).flatten(1).all(1)
-    h = torch.where(finite.view(b, 1, 1), h, torch.eye(hist + 1, dtype=acc, device=gram.device))
-    rhs = torch.zeros(b, hist + 1, 1, dtype=acc, device=gram.device)
-    rhs[:, 0] = 1.0
-    sol, info = torch.linalg.solve_ex(h, rhs)
-    alpha = sol[:, 1:, 0] * vf
-    ok = finite & (info == 0) & torch.isfinite(alpha).all(1) & (alpha.abs().sum(1) < max_weight)
-    return alpha.nan_to_num(0.0), ok
+    gram = gram.to(acc)
+    d = torch.diagonal(gram, dim1=1, dim2=2)
+    if k is not None:
+        d = d * (torch.arange(gram.shape[1], device=gram.device) < k.unsqueeze(1))
+    s = d.rsqrt().nan_to_num_(nan=torch.nan, posinf=0.0)  # D^-1/2 on used slots, 0 elsewhere
+    a = gram * (s.unsqueeze(2) * s.unsqueeze(1))
+    a.diagonal(dim1=1, dim2=2).fill_(1.0 + ridge)  # unused slots: identity rows, 0 right-hand side
+    chol, info = torch.linalg.cholesky_ex(a)
+    z = torch.cholesky_solve(s.unsqueeze(2), chol).squeeze(2).mul_(s)
+    alpha = z / z.sum(1, keepdim=True)
+    return alpha, (info == 0) & (alpha.abs().sum(1) < max_weight)  # NaN < w is False
 
 
 def anderson_mix(

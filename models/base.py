@@ -42,7 +42,7 @@ class ModelMeta:
     default_tol: float = 1e-5
     default_stop_mode: str = "abs"
     default_solver: dict[str, Any] = field(
-        default_factory=lambda: {"method": "picard", "damping": 1.0, "m": 5}
+        default_factory=lambda: {"method": "picard", "damping": 1.0, "m": 10}
     )
     fused_kernel: bool = False
 

@@ -11,30 +11,29 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import (
-    ANDERSON_MAX_WEIGHT,
-    ANDERSON_RIDGE,
-    anderson_mix,
-    anderson_solve,
-    gram_matrix,
-    picard,
-)
+from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve
+
+GRAM_DTYPE = torch.float64
+"""The kept Gram matrix and its solve run in fp64: (M, M) per row costs next to nothing, and the
+bordered system stays solvable with a relative ridge far below fp32's resolution."""
 
 
 @dataclass
 class SolverState:
     """Per-row solver state of a batch; every tensor has the rows as its first dimension.
 
-    `beta` (B, 1) damping; `m` (B,) Anderson history length (0 = Picard); `X`, `F` (B, M, n)
-    the last iterates and their images (None while no row of the batch uses Anderson);
-    `count` (B,) how many history entries each row has written.
+    `beta` (B, 1) damping; `m` (B,) Anderson history length (0 = Picard); `count` (B,) how many
+    history entries each row has written. While a row of the batch uses Anderson, `hist` (B, M, 2n)
+    is a ring buffer of the last iterates X and their residuals R = G(X) − X side by side (slot
+    `count % m` is written next; slots a row has not written are zero), and `gram` (B, M, M) is
+    RRᵀ, kept a row and a column per step.
     """
 
     beta: torch.Tensor
     m: torch.Tensor
     count: torch.Tensor
-    X: torch.Tensor | None = None
-    F: torch.Tensor | None = None
+    hist: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
 
     @staticmethod
     def new(beta: list[float], m: list[int], like: torch.Tensor) -> SolverState:
@@ -46,67 +45,96 @@ class SolverState:
             count=torch.zeros(len(m), dtype=torch.long, device=dev),
         )
         if max(m) > 0:
-            state.X = like.new_zeros(len(m), max(m), like.shape[1])
-            state.F = like.new_zeros(len(m), max(m), like.shape[1])
+            state.hist = like.new_zeros(len(m), max(m), 2 * like.shape[1])
+            state.gram = torch.zeros(len(m), max(m), max(m), dtype=GRAM_DTYPE, device=dev)
         return state
 
+    @property
+    def X(self) -> torch.Tensor | None:
+        """The iterate history (B, M, n), a view of `hist`; None while no row uses Anderson."""
+        return None if self.hist is None else self.hist[:, :, : self.hist.shape[2] // 2]
+
+    @property
+    def R(self) -> torch.Tensor | None:
+        """The residual history G(X) − X (B, M, n), a view of `hist`."""
+        return None if self.hist is None else self.hist[:, :, self.hist.shape[2] // 2 :]
+
+    @property
+    def F(self) -> torch.Tensor | None:
+        """The image history G(X) = X + R (B, M, n), computed (the layout before residuals were kept)."""
+        x, r = self.X, self.R
+        return None if x is None or r is None else x + r
+
     def select(self, idx: torch.Tensor) -> SolverState:
-        """The state of the rows `idx`, in that order."""
+        """The state of the rows `idx`, in that order (index_select: a third of indexing's cost)."""
+        hist, gram = self.hist, self.gram
         return SolverState(
-            self.beta[idx],
-            self.m[idx],
-            self.count[idx],
-            None if self.X is None else self.X[idx],
-            None if self.F is None else self.F[idx],
+            self.beta.index_select(0, idx),
+            self.m.index_select(0, idx),
+            self.count.index_select(0, idx),
+            None if hist is None else hist.index_select(0, idx),
+            None if gram is None else gram.index_select(0, idx),
         )
 
     def concat(self, other: SolverState, width: int) -> SolverState:
         """Rows of self then rows of other, iterates fitted to `width` state entries."""
-        hist = max(_hist(self), _hist(other))
-        xs = [_history(s, hist, width, "X") for s in (self, other)] if hist else None
-        fs = [_history(s, hist, width, "F") for s in (self, other)] if hist else None
+        hist = max(_slots(self), _slots(other))
+        parts = [s.fit(width)._padded(hist, width) for s in (self, other)] if hist else None
         return SolverState(
             torch.cat([self.beta, other.beta]),
             torch.cat([self.m, other.m]),
             torch.cat([self.count, other.count]),
-            None if xs is None else torch.cat(xs),
-            None if fs is None else torch.cat(fs),
+            None if parts is None else torch.cat([p[0] for p in parts]),
+            None if parts is None else torch.cat([p[1] for p in parts]),
         )
 
     def fit(self, width: int) -> SolverState:
-        """The same rows with their history fitted to `width` state entries."""
-        if self.X is None or self.X.shape[2] == width:
+        """The same rows with their history fitted to `width` state entries (zero padded or cut)."""
+        if self.hist is None or self.hist.shape[2] == 2 * width:
             return self
-        hist = self.X.shape[1]
-        return SolverState(
-            self.beta, self.m, self.count, _history(self, hist, width, "X"), _history(self, hist, width, "F")
-        )
+        old = self.hist.shape[2] // 2
+        n = min(width, old)
+        hist = self.hist.new_zeros(self.hist.shape[0], self.hist.shape[1], 2 * width)
+        hist[:, :, :n] = self.hist[:, :, :n]
+        hist[:, :, width : width + n] = self.hist[:, :, old : old + n]
+        r = hist[:, :, width:].to(GRAM_DTYPE)
+        return SolverState(self.beta, self.m, self.count, hist, torch.bmm(r, r.mT))
+
+    def _padded(self, slots: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hist, gram) with `slots` history slots of `width` entries: zeros where self has none."""
+        b, dev = self.m.shape[0], self.m.device
+        hist = self.beta.new_zeros(b, slots, 2 * width)
+        gram = torch.zeros(b, slots, slots, dtype=GRAM_DTYPE, device=dev)
+        if self.hist is not None and self.gram is not None:
+            k = self.hist.shape[1]
+            hist[:, :k] = self.hist
+            gram[:, :k, :k] = self.gram
+        return hist, gram
 
     def update(self, y: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
         """The next iterate of every row: Anderson where m > 0 and well-posed, else Picard."""
-        if self.X is None or self.F is None:
-            return picard(y, gy, self.beta)
-        rows = torch.arange(y.shape[0], device=y.device)
-        m = self.m.clamp(min=1)
-        slot = self.count % m
-        self.X[rows, slot] = y
-        self.F[rows, slot] = gy
-        self.count = self.count + 1
-        k = torch.minimum(self.count, m)
-        alpha, ok = anderson_solve(gram_matrix(self.X, self.F), k, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
-        return anderson_mix(y, gy, self.X, self.F, alpha, ok & (self.m > 0), self.beta)
+        if self.hist is None or self.gram is None:
+            return torch.addcmul(y, gy - y, self.beta)
+        b, slots, two_n = self.hist.shape
+        n = two_n // 2
+        slot = torch.remainder(self.count, self.m.clamp(min=1))
+        pos = torch.arange(0, b * slots, slots, device=y.device).add_(slot)
+        self.count += 1
+        r = gy - y
+        self.hist.view(b * slots, two_n).index_copy_(0, pos, torch.cat([y, r], 1))
+        # the new residual against every slot (itself included): its row and column of RRᵀ
+        acc = torch.promote_types(y.dtype, torch.float32)  # bf16 histories: fp32 dot products
+        g = torch.bmm(r.unsqueeze(1).to(acc), self.hist[:, :, n:].mT.to(acc)).to(GRAM_DTYPE)
+        self.gram.view(b * slots, slots).index_copy_(0, pos, g.squeeze(1))
+        self.gram.scatter_(2, slot.view(b, 1, 1).expand(b, slots, 1), g.mT)
+        alpha, ok = anderson_solve(self.gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+        # where the solve failed, the weight 1 on the newest slot: the Picard step y + β(G(y) − y)
+        newest = torch.arange(slots, device=y.device) == slot.unsqueeze(1)
+        alpha = torch.where(ok.unsqueeze(1), alpha, newest).to(y.dtype)
+        # Σα_i X_i + βΣα_i R_i in one product: hist (B, M, 2n) is (B, 2M, n) with X_i, R_i at rows 2i, 2i+1
+        w = torch.stack([alpha, alpha * self.beta], 2).view(b, 1, 2 * slots)
+        return torch.bmm(w, self.hist.view(b, 2 * slots, n)).view(b, n)
 
 
-def _hist(s: SolverState) -> int:
-    return 0 if s.X is None else s.X.shape[1]
-
-
-def _history(s: SolverState, hist: int, width: int, which: str) -> torch.Tensor:
-    """s.X or s.F padded to (rows, hist, width); zeros where s has no history."""
-    t = getattr(s, which)
-    rows = s.m.shape[0]
-    out = s.beta.new_zeros(rows, hist, width)
-    if t is not None:
-        n = min(width, t.shape[2])
-        out[:, : t.shape[1], :n] = t[:, :, :n]
-    return out
+def _slots(s: SolverState) -> int:
+    return 0 if s.hist is None else s.hist.shape[1]

@@ -112,3 +112,71 @@ def test_anderson_needs_fewer_g_evaluations_than_picard_on_deq_mlp() -> None:
     picard, anderson = evals_to(0), evals_to(5)
     assert all(a < p for a, p in zip(anderson, picard, strict=True)), (anderson, picard)
     assert sum(anderson) < 0.7 * sum(picard)
+
+
+def _gram_of(state: SolverState) -> torch.Tensor:
+    assert state.R is not None
+    r = state.R.double()
+    return r @ r.mT
+
+
+def test_kept_gram_is_the_residual_gram_through_wraparound_select_concat_and_fit() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(4, 6)
+    state = SolverState.new([1.0, 0.5, 1.0, 0.8], [3, 2, 0, 3], y)
+    for _ in range(7):  # past every row's ring
+        y = state.update(y, torch.randn(4, 6, generator=g))
+    assert state.gram is not None
+    torch.testing.assert_close(state.gram, _gram_of(state))
+    assert state.count.tolist() == [7] * 4
+    sel = state.select(torch.tensor([3, 0]))
+    other = SolverState.new([1.0], [4], torch.zeros(1, 8))
+    both = sel.concat(other, 8)
+    assert both.hist is not None and both.hist.shape == (3, 4, 16) and both.gram is not None
+    torch.testing.assert_close(both.gram, _gram_of(both))
+    assert both.X is not None and sel.X is not None
+    assert torch.equal(both.X[:2, :3, :6], sel.X) and both.X[:2, :, 6:].abs().sum() == 0
+    cut = both.fit(5)
+    assert cut.gram is not None and cut.X is not None
+    torch.testing.assert_close(cut.gram, _gram_of(cut))
+    assert torch.equal(cut.X, both.X[:, :, :5])
+
+
+def test_picard_rows_concatenated_with_anderson_rows_keep_their_rule() -> None:
+    g = torch.Generator().manual_seed(1)
+    plain = SolverState.new([0.5], [0], torch.zeros(1, 3))
+    assert plain.hist is None and plain.X is None and plain.F is None
+    state = plain.concat(SolverState.new([1.0], [2], torch.zeros(1, 3)), 3)
+    y, gy = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    torch.testing.assert_close(state.update(y, gy)[0], y[0] + 0.5 * (gy[0] - y[0]))
+    assert state.F is not None
+    torch.testing.assert_close(state.F[:, 0], gy)
+
+
+def test_anderson_solve_without_k_uses_the_written_slots() -> None:
+    r = torch.randn(3, 5, 7, dtype=torch.float64)
+    k = torch.tensor([5, 2, 1])
+    r[torch.arange(5) >= k.unsqueeze(1)] = 0.0
+    gram = gram_matrix(torch.zeros_like(r), r)
+    a_k, ok_k = anderson_solve(gram, k, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    a, ok = anderson_solve(gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    assert ok.all() and ok_k.all()
+    torch.testing.assert_close(a, a_k)
+    assert a[2].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_anderson_weights_minimise_the_mixed_residual() -> None:
+    r = torch.randn(2, 4, 9, dtype=torch.float64)
+    alpha, ok = anderson_solve(gram_matrix(torch.zeros_like(r), r), None, 0.0, ANDERSON_MAX_WEIGHT)
+    assert ok.all()
+    best = (alpha.unsqueeze(1) @ r).norm(dim=2).squeeze(1)
+    for _ in range(20):  # any other affine combination has a larger residual
+        d = torch.randn(2, 4, dtype=torch.float64)
+        d -= d.mean(1, keepdim=True)
+        assert (((alpha + 0.1 * d).unsqueeze(1) @ r).norm(dim=2).squeeze(1) > best).all()
+
+
+def test_anderson_solve_flags_a_gram_that_is_not_positive_definite() -> None:
+    gram = torch.tensor([[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    _, ok = anderson_solve(gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    assert ok.tolist() == [False, True]
