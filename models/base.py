@@ -104,6 +104,20 @@ class ImplicitModel(nn.Module):
         """Stack B contexts into one batch context. Same-size models concatenate along dim 0."""
         return {k: torch.cat([c[k] for c in ctxs], dim=0) for k in ctxs[0]}
 
+    def rebatch(self, bctx: Ctx, keep: torch.Tensor | None, kept: list[Ctx], fresh: list[Ctx]) -> Ctx:
+        """The batch context once rows `keep` of `bctx` (None: all of them) stay and `fresh` join.
+
+        `kept` are the staying rows' own contexts. With the default, row-aligned `collate` the kept
+        rows are selected and the fresh ones appended; a model with its own `collate` collates again.
+        """
+        if type(self).collate is not ImplicitModel.collate or not bctx:
+            return self.collate(kept + fresh)
+        out = bctx if keep is None else {k: v.index_select(0, keep) for k, v in bctx.items()}
+        if fresh:
+            new = self.collate(fresh)
+            out = {k: torch.cat([out[k], new[k]]) for k in out}
+        return out
+
     def evaluate(self, iters: list[int]) -> EvalReport:
         """E_t on the model's shipped held-out set."""
         raise NotImplementedError(f"model {self.name!r} ships no held-out set")

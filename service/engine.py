@@ -225,6 +225,7 @@ class Engine:
         self._t: dict[str, torch.Tensor] = {}
         self._solver: SolverState | None = None
         self._bctx: Ctx = {}
+        self._device = model.device()
 
     # -- outside the worker ------------------------------------------------------------------
 
@@ -317,6 +318,8 @@ class Engine:
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
         """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
         fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
+        everyone = len(keep) == len(self._rows)  # `keep` is ascending: nothing left the batch
+        kept_ctxs = [self._rows[i].job.ctx for i in keep]
         rows = [self._rows[i] for i in keep] + fresh
         self._rows = rows
         self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r.job.resume is None]
@@ -328,33 +331,39 @@ class Engine:
             return
         width = max(r.size for r in rows)
         jobs = [r.job for r in fresh]
-        dev = self.model.device()
-        new_y, _ = pad_rows([j.start for j in jobs], width) if jobs else (None, None)
+        dev = self._device
         new_t: dict[str, torch.Tensor] = {}
+        new_y, _ = pad_rows([j.start for j in jobs], width) if jobs else (None, None)
         if jobs:
             assert new_y is not None
+            cols = torch.tensor(
+                [
+                    (0, j.max_iters, j.tol, j.rel_mode, 0.0)
+                    if j.resume is None
+                    else (j.resume.iterations, j.max_iters, j.tol, j.rel_mode, j.resume.first_res)
+                    for j in jobs
+                ],
+                dtype=torch.float64,
+                device=dev,
+            ).T
             new_t = {
                 "y": new_y,
-                "iters": torch.tensor(
-                    [0 if j.resume is None else j.resume.iterations for j in jobs], device=dev
-                ),
-                "max_iters": torch.tensor([j.max_iters for j in jobs], device=dev),
-                "tol": torch.tensor([j.tol for j in jobs], dtype=torch.float64, device=dev),
-                "rel_mode": torch.tensor([j.rel_mode for j in jobs], device=dev),
-                "first_res": torch.tensor(
-                    [0.0 if j.resume is None else j.resume.first_res for j in jobs],
-                    dtype=torch.float64,
-                    device=dev,
-                ),
+                "iters": cols[0].long(),
+                "max_iters": cols[1].long(),
+                "tol": cols[2].contiguous(),
+                "rel_mode": cols[3].bool(),
+                "first_res": cols[4].contiguous(),
             }
-        idx = torch.tensor(keep, device=dev) if keep else None
-        if self._t and idx is not None:
-            old = {k: v[idx] for k, v in self._t.items()}
+        idx = None if everyone or not keep else torch.tensor(keep, device=dev)
+        if self._t and keep:
+            old = self._t if idx is None else {k: v.index_select(0, idx) for k, v in self._t.items()}
             old["y"] = _fit(old["y"], width)
             self._t = {k: torch.cat([old[k], new_t[k]]) for k in old} if jobs else old
         else:
             self._t = new_t
-        solver = self._solver.select(idx) if self._solver and idx is not None else None
+        solver = None
+        if self._solver is not None and keep:
+            solver = self._solver if idx is None else self._solver.select(idx)
         plain = [j for j in jobs if j.resume is None]
         if plain:
             assert new_y is not None
@@ -366,7 +375,7 @@ class Engine:
         if solver is not None:
             solver = solver.fit(width)
         self._solver = solver
-        self._bctx = self.model.collate([r.job.ctx for r in rows])
+        self._bctx = self.model.rebatch(self._bctx if keep else {}, idx, kept_ctxs, [j.ctx for j in jobs])
 
     def _step(
         self, t: dict[str, torch.Tensor], solver: SolverState
