@@ -265,3 +265,31 @@ def test_static_batch_computes_every_row_until_its_slowest_stops_and_answers_the
     assert answered_at == [slowest] * 3
     assert len({r.iterations for r in results}) == 3
     assert later.status == "converged" and later.queue_ms >= 0
+
+
+def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
+    """deq-mlp's batch context is selected and appended as rows come and go (ImplicitModel.rebatch)."""
+    from models.registry import load_model
+
+    model = load_model("deq-mlp")
+
+    def mlp_job(k: int, tol: float) -> SolveJob:
+        ctx = model.encode(model.Input(x=[0.15 * (k + 1), 0.5, 0.9 - 0.1 * k, 0.3]))
+        return SolveJob(id=str(k), ctx=ctx, y0=model.init(ctx), max_iters=500, tol=tol, return_state=True)
+
+    specs = [(k, tol) for k in range(5) for tol in (1e-2, 1e-6)]
+    engine = Engine(model)
+    engine.start()
+    try:
+        futures = []
+        for k, tol in specs:  # staggered: each join meets rows that have left or are still running
+            futures.append(engine.submit(mlp_job(k, tol)))
+            wait_until(lambda: engine.ticks > 2 * len(futures))
+        staggered = [f.result(10) for f in futures]
+    finally:
+        engine.stop()
+    for (k, tol), got in zip(specs, staggered, strict=True):
+        want = alone(model, mlp_job(k, tol))
+        assert (got.status, got.iterations) == (want.status, want.iterations)
+        # a matmul's rounding depends on the batch it runs in (BLAS blocking): equal to fp32 rounding
+        torch.testing.assert_close(torch.tensor(got.state), torch.tensor(want.state), rtol=1e-5, atol=1e-6)
