@@ -56,8 +56,10 @@ def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, Ev
     """Build the job of a streaming request with its event stream attached."""
     served = state.get(req.model)
     job = state.build(served, req)
-    encode = iterate_encoder(served.model, job.ctx, req.return_.state, req.return_.output)
-    stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer, encode)
+    ret = req.return_
+    encode = iterate_encoder(served.model, job.ctx, ret.state, ret.output)
+    keep_y = ret.state or ret.output
+    stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer, encode, keep_y)
     job.on_iterate = stream.push
     return served, job, stream
 

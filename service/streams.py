@@ -22,14 +22,14 @@ import torch
 
 from models.base import Ctx, ImplicitModel
 
-RATE = 6000.0
+RATE = 5500.0
 """Iterate events per second one stream sends at most, once its burst allowance is spent."""
 
 BATCH_S = 0.005
 """Shortest time between two batches of one stream: bounds the loop's wake-ups per stream."""
 
-Iterate = tuple[int, float, float, torch.Tensor]
-"""What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, n) view)."""
+Iterate = tuple[int, float, float, torch.Tensor | None]
+"""What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, n) view or None)."""
 
 Encoder = Callable[[Iterate], str]
 
@@ -54,7 +54,7 @@ def iterate_encoder(model: ImplicitModel, ctx: Ctx, state: bool, output: bool) -
         t, residual, rel_residual, y = item
         text = f'{{"type": "iterate", "t": {t}, "residual": {_number(residual)}, '
         text += f'"rel_residual": {_number(rel_residual)}'
-        if state or output:
+        if y is not None:
             with torch.inference_mode():
                 if state:
                     text += f', "y": {json.dumps(y[0].float().tolist())}'
@@ -73,12 +73,13 @@ class EventStream:
         loop: asyncio.AbstractEventLoop,
         capacity: int,
         encode: Encoder,
+        keep_y: bool = False,
         rate: float = RATE,
         batch_s: float = BATCH_S,
     ) -> None:
         self._loop = loop
         self._items: deque[Iterate] = deque(maxlen=max(1, capacity))
-        self._encode = encode
+        self._encode, self._keep_y = encode, keep_y
         self._rate, self._batch_s = rate, batch_s
         self._wake = asyncio.Event()
         self._waiting = False
@@ -91,8 +92,12 @@ class EventStream:
         """Times the worker woke the event loop."""
 
     def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor) -> None:
-        """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps."""
-        self._items.append((t, residual, rel_residual, y))
+        """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.
+
+        y is kept only when the events carry it or its decoding: a kept view holds on to the whole
+        batch state tensor of its tick.
+        """
+        self._items.append((t, residual, rel_residual, y if self._keep_y else None))
         self.pushed += 1
         if self._waiting:
             self._waiting = False

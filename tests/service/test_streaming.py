@@ -311,3 +311,17 @@ def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
     assert len(iterates) <= capacity + rate * elapsed + capacity  # the burst, the rate, the final flush
     assert stream.wakeups <= elapsed / batch_s + 2
     assert [e["t"] for e in iterates] == sorted({e["t"] for e in iterates}) and iterates[-1]["t"] == n
+
+
+def test_a_stream_keeps_y_only_when_its_events_need_it() -> None:
+    def encode(item: Iterate) -> str:
+        return json.dumps({"type": "iterate", "t": item[0], "y": item[3] is not None})
+
+    async def scenario(keep_y: bool) -> list[dict]:
+        stream = EventStream(asyncio.get_running_loop(), 8, encode, keep_y)
+        stream.push(1, 0.0, 0.0, Y)
+        stream.finish({"type": "error"})
+        return [json.loads(e) async for e in stream.events()]
+
+    assert asyncio.run(scenario(True)) == [{"type": "iterate", "t": 1, "y": True}, {"type": "error"}]
+    assert asyncio.run(scenario(False))[0]["y"] is False
