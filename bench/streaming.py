@@ -4,7 +4,10 @@ For each model, against a real `eqserve serve`, the same solve (tol 0, a fixed b
 ways: unstreamed (POST /v1/solve), streamed with every=1 to a client that reads as fast as it can,
 and streamed to a client that reads nothing for 5 s (a deadline of 5 s, against the same deadline
 unstreamed). The engine's tick time comes from the server's own /metrics (eqserve_tick_seconds),
-so the ratios compare like with like in one run.
+so the ratios compare like with like in one run. The server sends each stream at most
+`service.streams.RATE` iterates per second, so a solve faster than that drops iterates (counted);
+the kernel's socket buffers on loopback hold seconds of events, so the non-reading client still
+gets events sent for most of its 5 s (`stalled_events` says how many it received).
 
     .venv/bin/python bench/streaming.py [--quick] [--models reciprocal,deq-mlp]
 """
@@ -101,7 +104,7 @@ def measure(url: str, model: str, iters: int) -> dict[str, Any]:
     result, events, rate, tick = streamed(url, body(model, inp, budget))
     stall_budget = {"max_iters": 10**9, "tol": 0, "timeout_s": STALL_S}
     stall_base, stall_base_tick = plain(url, body(model, inp, stall_budget))
-    stalled, _, _, stall_tick = streamed(url, body(model, inp, stall_budget), stall_s=STALL_S)
+    stalled, stalled_events, _, stall_tick = streamed(url, body(model, inp, stall_budget), stall_s=STALL_S)
     assert result["iterations"] == base["iterations"], (result["iterations"], base["iterations"])
     return {
         "model": model,
@@ -115,6 +118,7 @@ def measure(url: str, model: str, iters: int) -> dict[str, Any]:
         "per_iter_us_plain": base["timing"]["per_iter_us"],
         "per_iter_us_streamed": result["timing"]["per_iter_us"],
         "stalled_dropped": stalled["dropped"],
+        "stalled_events": stalled_events,
         "tick_us_stall_plain": stall_base_tick,
         "tick_us_stalled": stall_tick,
         "tick_slowdown_stalled": stall_tick / stall_base_tick - 1,

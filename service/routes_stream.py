@@ -17,7 +17,7 @@ from service.errors import ApiError, error_body, validate
 from service.responses import to_response
 from service.schemas import ExtendMessage, SolveRequest
 from service.state import Served, ServerState
-from service.streams import EventStream, iterate_hook
+from service.streams import EventStream, iterate_encoder
 
 router = APIRouter()
 
@@ -27,10 +27,10 @@ def error_event(type_: str, message: str, field: str | None = None) -> dict[str,
     return {"type": "error", **error_body(type_, message, field)}
 
 
-def result_event(model: str, result: SolveResult, dropped: int) -> dict[str, Any]:
-    """The final stream event: /v1/solve's answer plus how many iterates were dropped."""
+def result_event(model: str, result: SolveResult) -> dict[str, Any]:
+    """The final stream event: /v1/solve's answer (the stream adds how many iterates it dropped)."""
     body = to_response(model, result).model_dump(mode="json", exclude_unset=True)
-    return {"type": "result", **body, "dropped": dropped}
+    return {"type": "result", **body}
 
 
 def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventStream) -> asyncio.Future:
@@ -42,7 +42,7 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
             return
         exc = f.exception()
         if exc is None:
-            stream.finish(result_event(served.meta.name, f.result(), stream.dropped))
+            stream.finish(result_event(served.meta.name, f.result()))
         elif isinstance(exc, ModelStepError):
             stream.finish(error_event("model_error", str(exc)))
         else:
@@ -56,8 +56,11 @@ def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, Ev
     """Build the job of a streaming request with its event stream attached."""
     served = state.get(req.model)
     job = state.build(served, req)
-    stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer)
-    job.on_iterate = iterate_hook(stream, served.model, job, req.return_.state, req.return_.output)
+    ret = req.return_
+    encode = iterate_encoder(served.model, job.ctx, ret.state, ret.output)
+    keep_y = ret.state or ret.output
+    stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer, encode, keep_y)
+    job.on_iterate = stream.push
     return served, job, stream
 
 
@@ -70,8 +73,8 @@ def sse_response(state: ServerState, req: SolveRequest) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         gauge.inc()
         try:
-            async for event in stream.events():
-                yield f"data: {json.dumps(event)}\n\n".encode()
+            async for text in stream.events():
+                yield f"data: {text}\n\n".encode()
         finally:
             job.cancelled = True
             gauge.dec()
@@ -160,8 +163,8 @@ async def _legs(
         except ApiError as exc:
             await ws.send_json(error_event(exc.type, exc.message, exc.field))
             return
-        async for event in stream.events():
-            await ws.send_json(event)
+        async for text in stream.events():
+            await ws.send_text(text)
         result: SolveResult | None = None if fut.exception() else fut.result()
         if result is None or result.resume is None:
             return

@@ -1,22 +1,37 @@
 """A solve's events on their way from the worker thread to one streaming client.
 
-The worker never waits for the client: each stream holds a small bounded buffer, and when it is
-full the oldest buffered iterate is dropped (the result never is) and counted.
+The worker's side is one O(1) call per iterate: it appends (t, residual, rel_residual, y) to a
+bounded ring (the oldest buffered iterate falls out when it is full) and wakes the event loop
+only when the stream's consumer is asleep waiting for it. Everything else happens on the event
+loop, for the events actually sent: decoding, `tolist`, JSON. The consumer sends at most one
+batch per `BATCH_S` and at most `RATE` iterates per second after a burst of `capacity`, because
+every event sent costs the worker GIL time; iterates it skips count as dropped, like those that
+fell out of the ring. The final event is never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
 
-from models.base import ImplicitModel
-from service.engine import SolveJob
+from models.base import Ctx, ImplicitModel
+
+RATE = 5500.0
+"""Iterate events per second one stream sends at most, once its burst allowance is spent."""
+
+BATCH_S = 0.005
+"""Shortest time between two batches of one stream: bounds the loop's wake-ups per stream."""
+
+Iterate = tuple[int, float, float, torch.Tensor | None]
+"""What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, n) view or None)."""
+
+Encoder = Callable[[Iterate], str]
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -24,75 +39,119 @@ def finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _number(x: float) -> str:
+    """A float as JSON writes it; NaN and infinity as null."""
+    return repr(x) if math.isfinite(x) else "null"
+
+
+def iterate_encoder(model: ImplicitModel, ctx: Ctx, state: bool, output: bool) -> Encoder:
+    """The JSON text of an iterate event, with `y` and the decoded `output` when asked for.
+
+    Written by hand rather than by json.dumps: it runs for every event sent, holding the GIL.
+    """
+
+    def encode(item: Iterate) -> str:
+        t, residual, rel_residual, y = item
+        text = f'{{"type": "iterate", "t": {t}, "residual": {_number(residual)}, '
+        text += f'"rel_residual": {_number(rel_residual)}'
+        if y is not None:
+            with torch.inference_mode():
+                if state:
+                    text += f', "y": {json.dumps(y[0].float().tolist())}'
+                if output and math.isfinite(residual):
+                    text += f', "output": {json.dumps(model.decode(y, ctx))}'
+        return text + "}"
+
+    return encode
+
+
 class EventStream:
-    """Bounded, thread-safe buffer of iterate events plus one final event."""
+    """Bounded ring of iterates filled by the worker, drained by one paced consumer on the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        capacity: int,
+        encode: Encoder,
+        keep_y: bool = False,
+        rate: float = RATE,
+        batch_s: float = BATCH_S,
+    ) -> None:
         self._loop = loop
-        self._items: deque[dict[str, Any]] = deque()
-        self._capacity = max(1, capacity)
-        self._lock = threading.Lock()
+        self._items: deque[Iterate] = deque(maxlen=max(1, capacity))
+        self._encode, self._keep_y = encode, keep_y
+        self._rate, self._batch_s = rate, batch_s
         self._wake = asyncio.Event()
-        self._signalled = False
+        self._waiting = False
         self._final: dict[str, Any] | None = None
-        self.dropped = 0
+        self.pushed = 0
+        """Iterates the worker handed over, over all legs."""
+        self.sent = 0
+        """Iterate events the consumer yielded, over all legs."""
+        self.wakeups = 0
+        """Times the worker woke the event loop."""
 
-    def push(self, event: dict[str, Any]) -> None:
-        """Add an iterate (worker thread); drop the oldest buffered one when full."""
-        with self._lock:
-            if len(self._items) >= self._capacity:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(event)
-            self._signal_locked()
+    def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor) -> None:
+        """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.
 
-    def finish(self, event: dict[str, Any]) -> None:
-        """Set the final event, which is never dropped (any thread)."""
-        with self._lock:
-            self._final = event
-            self._signal_locked()
-
-    def _signal_locked(self) -> None:
-        if not self._signalled:
-            self._signalled = True
+        y is kept only when the events carry it or its decoding: a kept view holds on to the whole
+        batch state tensor of its tick.
+        """
+        self._items.append((t, residual, rel_residual, y if self._keep_y else None))
+        self.pushed += 1
+        if self._waiting:
+            self._waiting = False
+            self.wakeups += 1
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every buffered iterate in order, then the final event."""
+    def finish(self, event: dict[str, Any]) -> None:
+        """Set the final event (loop thread); a result event gets the stream's `dropped` when sent."""
+        self._final = event
+        self._wake.set()
+
+    @property
+    def dropped(self) -> int:
+        """Iterates handed over but not sent and no longer buffered."""
+        return self.pushed - self.sent - len(self._items)
+
+    async def _ready(self) -> None:
+        """Return once an iterate is buffered or the final event is set."""
+        while not self._items and self._final is None:
+            self._wake.clear()
+            self._waiting = True
+            if not self._items and self._final is None:  # pushed before the flag was up: no wake-up
+                await self._wake.wait()
+            self._waiting = False
+
+    async def events(self) -> AsyncIterator[str]:
+        """JSON text of the iterates this leg sends, in order, then of the final event."""
+        burst = float(self._items.maxlen or 1)
+        tokens, last = burst, self._loop.time()
         while True:
-            await self._wake.wait()
-            with self._lock:
-                self._wake.clear()
-                self._signalled = False
-                items = list(self._items)
-                self._items.clear()
-                final = self._final
-            for item in items:
-                yield item
+            await self._ready()
+            final = self._final  # read first: once it is set, every iterate of the leg is buffered
+            n = len(self._items)
+            take = n
+            if final is None:
+                now = self._loop.time()
+                tokens = min(burst, tokens + (now - last) * self._rate)
+                last = now
+                take = min(n, int(tokens))
+                tokens -= take
+            if take:
+                for _ in range(n - take):  # the newest are sent, the older ones count as dropped
+                    self._items.popleft()
+            batch = [self._items.popleft() for _ in range(take)]
+            for item in batch:
+                self.sent += 1
+                yield self._encode(item)
             if final is not None:
-                yield final
+                if final["type"] == "result":
+                    final = final | {"dropped": self.dropped}
+                yield json.dumps(final)
                 return
+            await asyncio.sleep(self._batch_s)
 
     def reset(self) -> None:
         """Ready the stream for the next leg of an extended solve."""
-        with self._lock:
-            self._final = None
-
-
-def iterate_hook(stream: EventStream, model: ImplicitModel, job: SolveJob, state: bool, output: bool):
-    """The engine hook that turns iterate t of `job` into a stream event."""
-
-    def hook(t: int, residual: float, rel_residual: float, y: torch.Tensor) -> None:
-        event: dict[str, Any] = {
-            "type": "iterate",
-            "t": t,
-            "residual": finite_or_none(residual),
-            "rel_residual": finite_or_none(rel_residual),
-        }
-        if state:
-            event["y"] = y[0].float().tolist()
-        if output and math.isfinite(residual):
-            event["output"] = model.decode(y, job.ctx)
-        stream.push(event)
-
-    return hook
+        self._final = None

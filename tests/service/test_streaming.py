@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import torch
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
@@ -15,11 +18,19 @@ from models.reciprocal import Reciprocal
 from service.app import create_app
 from service.client import Client, EqserveError
 from service.config import Settings
+from service.streams import EventStream, Iterate, iterate_encoder
 from tests.live_server import live_server
 from tests.service.test_disconnect import assert_engine_goes_idle
 
 SLOW = {"x": [1e-5]}
 """An input whose solve with tol 0 runs as long as its budget allows."""
+
+Y = torch.zeros(1, 1)
+
+
+def encode_t(item: Iterate) -> str:
+    """An iterate event that carries only its t."""
+    return json.dumps({"type": "iterate", "t": item[0]})
 
 
 @pytest.fixture(scope="module")
@@ -202,18 +213,115 @@ def test_auth_guards_models_and_streams_but_not_health() -> None:
 
 
 def test_event_stream_drops_oldest_iterates_never_the_result() -> None:
-    import asyncio
-
-    from service.streams import EventStream
-
     async def scenario() -> tuple[list[dict], int]:
-        stream = EventStream(asyncio.get_running_loop(), capacity=8)
+        stream = EventStream(asyncio.get_running_loop(), 8, encode_t)
         for t in range(1, 101):
-            stream.push({"type": "iterate", "t": t})
+            stream.push(t, 0.0, 0.0, Y)
         stream.finish({"type": "result"})
-        return [e async for e in stream.events()], stream.dropped
+        return [json.loads(e) async for e in stream.events()], stream.dropped
 
     events, dropped = asyncio.run(scenario())
     assert dropped == 92
     assert [e.get("t") for e in events] == [*range(93, 101), None]
-    assert events[-1]["type"] == "result"
+    assert events[-1] == {"type": "result", "dropped": 92}
+
+
+def test_iterate_event_text_is_the_json_of_the_event() -> None:
+    model = Reciprocal()
+    ctx = model.encode(model.Input.model_validate({"x": [0.5, 0.25]}))
+    y = torch.tensor([[1.5, 2.0]])
+    encode = iterate_encoder(model, ctx, state=True, output=True)
+    event = json.loads(encode((7, 0.125, 1e-7, y)))
+    assert event == {
+        "type": "iterate",
+        "t": 7,
+        "residual": 0.125,
+        "rel_residual": 1e-7,
+        "y": [1.5, 2.0],
+        "output": model.decode(y, ctx),
+    }
+    diverged = json.loads(encode((8, math.inf, math.nan, y)))
+    assert diverged["residual"] is None and diverged["rel_residual"] is None and "output" not in diverged
+    plain = json.loads(iterate_encoder(model, ctx, state=False, output=False)((9, 0.5, 0.25, y)))
+    assert plain == {"type": "iterate", "t": 9, "residual": 0.5, "rel_residual": 0.25}
+
+
+def test_a_stalled_reader_costs_the_worker_no_wakeups_and_drops_are_exact() -> None:
+    async def scenario() -> tuple[list[dict], int, int]:
+        stream = EventStream(asyncio.get_running_loop(), 64, encode_t)
+        socket_full = asyncio.Event()
+        got: list[dict] = []
+
+        async def consume() -> None:
+            async for text in stream.events():
+                got.append(json.loads(text))
+                if len(got) == 1:
+                    await socket_full.wait()  # a send that blocks until the client reads again
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)  # the consumer is asleep waiting for an iterate
+        await asyncio.to_thread(stream.push, 1, 1.0, 1.0, Y)
+        while not got:
+            await asyncio.sleep(0.001)
+        stalled_from = stream.wakeups
+        await asyncio.to_thread(lambda: [stream.push(t, 1.0, 1.0, Y) for t in range(2, 20_001)])
+        stalled_wakeups = stream.wakeups - stalled_from
+        socket_full.set()
+        stream.finish({"type": "result"})
+        await task
+        return got, stalled_from, stalled_wakeups
+
+    events, before, during = asyncio.run(scenario())
+    assert before == 1 and during == 0
+    result, iterates = events[-1], events[:-1]
+    ts = [e["t"] for e in iterates]
+    assert ts[0] == 1 and ts[-1] == 20_000 and ts == sorted(set(ts))
+    assert result == {"type": "result", "dropped": 20_000 - len(iterates)}
+    assert len(iterates) <= 1 + 64
+
+
+def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
+    rate, batch_s, capacity, n = 2000.0, 0.01, 64, 30_000
+
+    async def scenario() -> tuple[EventStream, list[dict], float]:
+        stream = EventStream(asyncio.get_running_loop(), capacity, encode_t, rate=rate, batch_s=batch_s)
+        got: list[dict] = []
+
+        async def consume() -> None:
+            async for text in stream.events():
+                got.append(json.loads(text))
+
+        def produce() -> None:
+            for t in range(1, n + 1):
+                stream.push(t, 1.0, 1.0, Y)
+                if t % 100 == 0:
+                    time.sleep(0.001)  # a worker that ticks, not one burst
+
+        start = time.monotonic()
+        task = asyncio.create_task(consume())
+        await asyncio.to_thread(produce)
+        elapsed = time.monotonic() - start
+        stream.finish({"type": "result"})
+        await task
+        return stream, got, elapsed
+
+    stream, events, elapsed = asyncio.run(scenario())
+    iterates = events[:-1]
+    assert stream.pushed == n and len(iterates) + events[-1]["dropped"] == n
+    assert len(iterates) <= capacity + rate * elapsed + capacity  # the burst, the rate, the final flush
+    assert stream.wakeups <= elapsed / batch_s + 2
+    assert [e["t"] for e in iterates] == sorted({e["t"] for e in iterates}) and iterates[-1]["t"] == n
+
+
+def test_a_stream_keeps_y_only_when_its_events_need_it() -> None:
+    def encode(item: Iterate) -> str:
+        return json.dumps({"type": "iterate", "t": item[0], "y": item[3] is not None})
+
+    async def scenario(keep_y: bool) -> list[dict]:
+        stream = EventStream(asyncio.get_running_loop(), 8, encode, keep_y)
+        stream.push(1, 0.0, 0.0, Y)
+        stream.finish({"type": "error"})
+        return [json.loads(e) async for e in stream.events()]
+
+    assert asyncio.run(scenario(True)) == [{"type": "iterate", "t": 1, "y": True}, {"type": "error"}]
+    assert asyncio.run(scenario(False))[0]["y"] is False
