@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve
+from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve, picard
 
 GRAM_DTYPE = torch.float64
 """The kept Gram matrix and its solve run in fp64: (M, M) per row costs next to nothing, and the
@@ -114,7 +114,7 @@ class SolverState:
     def update(self, y: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
         """The next iterate of every row: Anderson where m > 0 and well-posed, else Picard."""
         if self.hist is None or self.gram is None:
-            return torch.addcmul(y, gy - y, self.beta)
+            return picard(y, gy, self.beta)
         b, slots, two_n = self.hist.shape
         n = two_n // 2
         slot = torch.remainder(self.count, self.m.clamp(min=1))
