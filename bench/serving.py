@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from http_load import Connection, HttpError
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "models" / "weights"
@@ -295,17 +296,31 @@ class Server:
 # -- the clients ------------------------------------------------------------------------------
 
 
-async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
+def encoded(bodies: list[dict[str, Any]]) -> list[bytes]:
+    """Request bodies as JSON bytes, encoded before the clock starts."""
+    return [json.dumps(b).encode() for b in bodies]
+
+
+def asyncio_run(coro: Any) -> Any:
+    """asyncio.run on uvloop (as the server runs) when it is installed: less client CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _one(conn: Connection, body: bytes) -> Outcome:
     """POST one solve; any transport error counts as status code 0."""
     start = time.perf_counter()
     try:
-        r = await client.post("/v1/solve", json=body)
-    except httpx.HTTPError:
+        r = await conn.post("/v1/solve", body)
+    except (HttpError, OSError):
         return Outcome(time.perf_counter() - start, 0)
     elapsed = time.perf_counter() - start
-    if r.status_code != 200:
-        return Outcome(elapsed, r.status_code)
-    data = r.json()
+    if r.status != 200:
+        return Outcome(elapsed, r.status)
+    data = json.loads(r.body)
     timing = data.get("timing", {})
     return Outcome(
         elapsed,
@@ -317,12 +332,12 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
     )
 
 
-async def _closed_loop(clients: list[httpx.AsyncClient], bodies: list[dict[str, Any]]) -> list[Outcome]:
+async def _closed_loop(clients: list[Connection], bodies: list[bytes]) -> list[Outcome]:
     """Each client sends its next request as soon as its previous one is answered."""
     out: list[Outcome | None] = [None] * len(bodies)
     next_index = iter(range(len(bodies)))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: Connection) -> None:
         for i in next_index:
             out[i] = await _one(client, bodies[i])
 
@@ -332,17 +347,18 @@ async def _closed_loop(clients: list[httpx.AsyncClient], bodies: list[dict[str, 
 
 @dataclass
 class Target:
-    """One mode's running server and its C clients, with what has been measured on it so far."""
+    """One mode's running server, its C clients and a metrics reader, with what has been measured."""
 
     mode: str
     server: Server
-    clients: list[httpx.AsyncClient]
+    clients: list[Connection]
+    reader: httpx.AsyncClient
     outcomes: list[Outcome] = field(default_factory=list)
     window: Window = field(default_factory=Window)
 
 
 async def measure(
-    targets: list[Target], warmup: list[dict[str, Any]], bodies: list[dict[str, Any]], rounds: int
+    targets: list[Target], warmup: list[bytes], bodies: list[bytes], rounds: int, model: str
 ) -> None:
     """Warm every server up, then give each mode the same slice of `bodies` per round, in rotating order.
 
@@ -351,27 +367,18 @@ async def measure(
     for t in targets:
         await _closed_loop(t.clients, warmup)
     size = math.ceil(len(bodies) / rounds)
-    model = bodies[0]["model"]
     for r in range(rounds):
         chunk = bodies[r * size : (r + 1) * size]
         for t in targets[r % len(targets) :] + targets[: r % len(targets)]:
-            start = await snapshot(t.clients[0], t.server.proc.pid, model)
+            start = await snapshot(t.reader, t.server.proc.pid, model)
             t.outcomes += await _closed_loop(t.clients, chunk)
-            end = await snapshot(t.clients[0], t.server.proc.pid, model)
+            end = await snapshot(t.reader, t.server.proc.pid, model)
             t.window = t.window + end.since(start)
 
 
-def _clients(url: str, concurrency: int) -> list[httpx.AsyncClient]:
-    """One single-connection client per worker.
-
-    One shared pool of C connections costs the client O(C) work per request in httpcore, which
-    made this load generator the bottleneck at C = 64 (about 130 requests/s whatever the server).
-    """
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return [
-        httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(600.0))
-        for _ in range(concurrency)
-    ]
+def _clients(port: int, concurrency: int) -> list[Connection]:
+    """One keep-alive connection per closed-loop client (see bench/http_load.py for why not httpx)."""
+    return [Connection("127.0.0.1", port) for _ in range(concurrency)]
 
 
 def run_modes(
@@ -390,14 +397,18 @@ def run_modes(
         startup = time.perf_counter() - t0
 
         async def go() -> list[Target]:
-            targets = [Target(m, s, _clients(s.url, concurrency)) for m, s in servers.items()]
+            targets = [
+                Target(m, s, _clients(s.port, concurrency), httpx.AsyncClient(base_url=s.url))
+                for m, s in servers.items()
+            ]
             try:
-                await measure(targets, warmup, bodies, rounds)
+                await measure(targets, encoded(warmup), encoded(bodies), rounds, bodies[0]["model"])
             finally:
-                await asyncio.gather(*(c.aclose() for t in targets for c in t.clients))
+                await asyncio.gather(*(c.close() for t in targets for c in t.clients))
+                await asyncio.gather(*(t.reader.aclose() for t in targets))
             return targets
 
-        targets = asyncio.run(go())
+        targets = asyncio_run(go())
     results = []
     for t in targets:
         statuses: dict[str, int] = {}

@@ -149,8 +149,15 @@ def main() -> None:
             f"{r['tick_us_plain']:>8.1f} {r['tick_us_streamed']:>9.1f} {r['tick_slowdown_streamed']:>+8.1%} "
             f"{r['tick_us_stalled']:>8.1f} {r['tick_slowdown_stalled']:>+8.1%} {r['stalled_dropped']:>8}"
         )
-    print(json.dumps({"bench": "streaming", "machine": {"cpus": os.cpu_count(), "cpu": platform.processor()},
-                      "results": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": "streaming",
+                "machine": {"cpus": os.cpu_count(), "cpu": platform.processor()},
+                "results": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -104,13 +104,19 @@ class ImplicitModel(nn.Module):
         """Stack B contexts into one batch context. Same-size models concatenate along dim 0."""
         return {k: torch.cat([c[k] for c in ctxs], dim=0) for k in ctxs[0]}
 
+    @property
+    def row_aligned(self) -> bool:
+        """Whether row i of every batch-context tensor belongs to row i of the batch (the default
+        `collate`), so rows can be selected, appended and replaced without collating again."""
+        return type(self).collate is ImplicitModel.collate
+
     def rebatch(self, bctx: Ctx, keep: torch.Tensor | None, kept: list[Ctx], fresh: list[Ctx]) -> Ctx:
         """The batch context once rows `keep` of `bctx` (None: all of them) stay and `fresh` join.
 
         `kept` are the staying rows' own contexts. With the default, row-aligned `collate` the kept
         rows are selected and the fresh ones appended; a model with its own `collate` collates again.
         """
-        if type(self).collate is not ImplicitModel.collate or not bctx:
+        if not self.row_aligned or not bctx:
             return self.collate(kept + fresh)
         out = bctx if keep is None else {k: v.index_select(0, keep) for k, v in bctx.items()}
         if fresh:
@@ -118,17 +124,39 @@ class ImplicitModel(nn.Module):
             out = {k: torch.cat([out[k], new[k]]) for k in out}
         return out
 
+    def place(self, bctx: Ctx, slots: torch.Tensor, fresh: list[Ctx]) -> Ctx:
+        """The batch context with rows `slots` replaced by the `fresh` contexts, in order (row-aligned
+        models only: the engine re-collates the others through `rebatch`). Out of place: streamed
+        iterates may still hold views of the old tensors."""
+        new = self.collate(fresh)
+        return {k: v.index_copy(0, slots, new[k]) for k, v in bctx.items()}
+
     def evaluate(self, iters: list[int]) -> EvalReport:
         """E_t on the model's shipped held-out set."""
         raise NotImplementedError(f"model {self.name!r} ships no held-out set")
 
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
+        """(dtype, device) of the first parameter, kept until `.to()` and friends move the model.
+
+        Walking `parameters()` on every request cost ~16 % of the HTTP thread under load.
+        """
+        if (found := self.__dict__.get("_placed")) is None:
+            first = next(iter(self.parameters()), torch.zeros(()))
+            found = self.__dict__["_placed"] = (first.dtype, first.device)
+        return found
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ImplicitModel:
+        """nn.Module's parameter conversion (`to`, `cuda`, `double`, ...); forgets the kept placement."""
+        self.__dict__.pop("_placed", None)
+        return super()._apply(fn, recurse)
+
     def dtype(self) -> torch.dtype:
         """The dtype of the state."""
-        return next(iter(self.parameters()), torch.zeros(())).dtype
+        return self._placement()[0]
 
     def device(self) -> torch.device:
         """The device the model lives on."""
-        return next(iter(self.parameters()), torch.zeros(())).device
+        return self._placement()[1]
 
     def load(self, path: str | Path) -> ImplicitModel:
         """Load weights from a safetensors checkpoint (strict: every tensor must match)."""

@@ -50,6 +50,13 @@ class Settings:
     stream_buffer: int = field(
         default=64, metadata={"help": "iterate events a slow stream client may lag behind"}
     )
+    send_buffer: int = field(
+        default=65536,
+        metadata={
+            "help": "kernel send buffer of each connection, bytes (0: the kernel's autotuning); small so "
+            "that a stream client that stops reading is noticed within a second and its solve muted"
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def __post_init__(self) -> None:
@@ -62,6 +69,8 @@ class Settings:
             raise ValueError(f"kernels must be one of {', '.join(CHOICES)}, not {self.kernels!r}")
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be ≥ 0")
+        if self.send_buffer < 0:
+            raise ValueError("send_buffer must be ≥ 0")
         if self.max_batch_rows < 1 or self.max_queue < 0:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
 

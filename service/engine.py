@@ -3,6 +3,11 @@
 Each tick the worker admits waiting requests into free rows, runs one G-step and solver update
 for every active row, takes every row's stop decision on the device, reads back one small
 tensor, and retires the rows that stopped. A request joins and leaves the batch at any tick.
+
+A retired row leaves its slot in the batch tensors for a few ticks: a request that arrives then
+takes the slot over with one out-of-place `index_copy` per tensor, where compacting the batch and
+appending would cost a select and a concatenation per tensor. A slot left empty for
+`COMPACT_AFTER_TICKS` ticks is compacted away, so an idle slot costs at most that many steps.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from service.solvers import SolverState
 log = logging.getLogger(__name__)
 
 Batching = Literal["continuous", "static"]
+
+COMPACT_AFTER_TICKS = 4
+"""Ticks a retired row's slot waits for a newcomer before the batch is compacted."""
 
 
 class QueueFull(Exception):
@@ -105,6 +113,9 @@ class SolveJob:
     every: int = 1
     return_state: bool = False
     on_iterate: IterateHook | None = None
+    stride: int = 1
+    """`on_iterate` gets every (every·stride)-th iterate and the last one; its stream sets the stride
+    while it is handed more iterates than it can send, and a huge one while its client reads nothing."""
     resume: Resume | None = None
     submitted: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
@@ -186,6 +197,12 @@ class _Row:
         self.deadline = self.job.deadline
         self.watched = self.job.trace or self.job.on_iterate is not None
 
+    @property
+    def placeable(self) -> bool:
+        """Whether the row can take over a retired row's slot: a new solve (an extended one brings
+        its own solver history and goes through a rebuild)."""
+        return self.job.resume is None
+
 
 class Engine:
     """The batching worker of one model, fed by `submit` from any thread."""
@@ -211,8 +228,9 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._rows: list[_Row] = []
-        self._keep: list[int] | None = None
+        self._rows: list[_Row | None] = []
+        self._dead: list[int] = []
+        self._died: list[int] = []
         self._fresh: list[int] = []
         self._watched: list[int] = []
         self._next_deadline = math.inf
@@ -254,8 +272,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        """Rows in the batch (those retired by the last tick no longer count)."""
-        return len(self._rows) if self._keep is None else len(self._keep)
+        """Requests in the batch (retired rows' slots do not count)."""
+        return len(self._rows) - len(self._dead)
 
     def submit(self, job: SolveJob) -> Future:
         """Queue a job; raises QueueFull at once when the waiting queue is at its bound."""
@@ -296,7 +314,8 @@ class Engine:
         return taken
 
     def _admit(self, jobs: list[SolveJob]) -> None:
-        """Retire the rows the last tick stopped and admit `jobs`, in one rebuild of the batch."""
+        """Admit `jobs`: into retired rows' slots where they fit, else by one rebuild of the batch that
+        also compacts the slots left empty for `COMPACT_AFTER_TICKS` ticks."""
         now = time.monotonic()
         fresh: list[_Row] = []
         for job in jobs:
@@ -311,49 +330,97 @@ class Engine:
                 self._finish(row, Stop.DEADLINE, job.start)
             else:
                 fresh.append(row)
-        keep, self._keep = self._keep, None
-        if fresh or keep is not None:
-            self._rebuild(list(range(len(self._rows))) if keep is None else keep, fresh)
+        stale = bool(self._died) and self.ticks - self._died[0] >= COMPACT_AFTER_TICKS
+        if fresh and not stale and self._placeable(fresh):
+            self._place(fresh)
+        elif fresh or stale:
+            self._rebuild([i for i, r in enumerate(self._rows) if r is not None], fresh)
+
+    def _placeable(self, fresh: list[_Row]) -> bool:
+        """Whether `fresh` can take over retired slots (and append past them) without a rebuild:
+        new solves that fit the batch's width and history, and a row-aligned model context."""
+        solver = self._solver
+        if solver is None or not self.model.row_aligned or not all(r.placeable for r in fresh):
+            return False
+        slots = 0 if solver.hist is None else solver.hist.shape[1]
+        width = self._t["y"].shape[1]
+        return all(r.size <= width and r.job.m <= slots for r in fresh)
+
+    def _place(self, fresh: list[_Row]) -> None:
+        """Put `fresh` rows into retired slots (oldest first) and append those left over."""
+        k = min(len(fresh), len(self._dead))
+        slots, self._dead, self._died = self._dead[:k], self._dead[k:], self._died[k:]
+        jobs = [r.job for r in fresh]
+        new_t = self._new_rows(jobs, self._t["y"].shape[1])
+        assert self._solver is not None
+        t, solver, bctx = self._t, self._solver, self._bctx
+        if k:
+            dev = self._device
+            idx = torch.tensor(slots, device=dev)
+            t = {name: v.index_copy(0, idx, new_t[name][:k]) for name, v in t.items()}
+            beta = torch.tensor([[j.damping] for j in jobs[:k]], dtype=new_t["y"].dtype, device=dev)
+            solver = solver.restart(idx, beta, torch.tensor([j.m for j in jobs[:k]], device=dev))
+            bctx = self.model.place(bctx, idx, [j.ctx for j in jobs[:k]])
+        if len(fresh) > k:
+            rest = jobs[k:]
+            t = {name: torch.cat([v, new_t[name][k:]]) for name, v in t.items()}
+            added = SolverState.new([j.damping for j in rest], [j.m for j in rest], new_t["y"][k:])
+            solver = solver.concat(added, t["y"].shape[1])
+            bctx = self.model.rebatch(bctx, None, [], [j.ctx for j in rest])
+        self._t, self._solver, self._bctx = t, solver, bctx
+        for slot, row in zip(slots, fresh, strict=False):
+            self._rows[slot] = row
+        self._rows.extend(fresh[k:])
+        self._fresh = [*slots, *range(len(self._rows) - len(fresh) + k, len(self._rows))]
+        self._index_rows()
+
+    def _index_rows(self) -> None:
+        """The lists a tick reads instead of scanning every row: watched rows, the next deadline."""
+        live = [(i, r) for i, r in enumerate(self._rows) if r is not None]
+        self._watched = [i for i, r in live if r.watched]
+        self._next_deadline = min((r.deadline for _, r in live), default=math.inf)
+
+    def _new_rows(self, jobs: list[SolveJob], width: int) -> dict[str, torch.Tensor]:
+        """Per-row tensors of `jobs` (start state fitted to `width`, budgets, solver options)."""
+        y, _ = pad_rows([j.start for j in jobs], width)
+        cols = torch.tensor(
+            [
+                (0, j.max_iters, j.tol, j.rel_mode, 0.0)
+                if j.resume is None
+                else (j.resume.iterations, j.max_iters, j.tol, j.rel_mode, j.resume.first_res)
+                for j in jobs
+            ],
+            dtype=torch.float64,
+            device=self._device,
+        ).T
+        return {
+            "y": y,
+            "iters": cols[0].long(),
+            "max_iters": cols[1].long(),
+            "tol": cols[2].contiguous(),
+            "rel_mode": cols[3].bool(),
+            "first_res": cols[4].contiguous(),
+        }
 
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
         """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
         fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
         everyone = len(keep) == len(self._rows)  # `keep` is ascending: nothing left the batch
-        kept_ctxs = [self._rows[i].job.ctx for i in keep]
-        rows = [self._rows[i] for i in keep] + fresh
-        self._rows = rows
-        self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r.job.resume is None]
-        self._watched = [i for i, r in enumerate(rows) if r.watched]
-        self._next_deadline = min((r.deadline for r in rows), default=math.inf)
+        kept_ctxs = [r.job.ctx for i in keep if (r := self._rows[i]) is not None]
+        rows: list[_Row | None] = [self._rows[i] for i in keep]
+        rows += fresh
+        self._rows, self._dead, self._died = rows, [], []
+        self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r is not None and r.placeable]
+        self._index_rows()
         if not rows:
             self._t, self._solver, self._bctx = {}, None, {}
             self.last_tick_rows = 0
             return
-        width = max(r.size for r in rows)
+        width = max(r.size for r in rows if r is not None)
         jobs = [r.job for r in fresh]
         dev = self._device
-        new_t: dict[str, torch.Tensor] = {}
-        new_y, _ = pad_rows([j.start for j in jobs], width) if jobs else (None, None)
-        if jobs:
-            assert new_y is not None
-            cols = torch.tensor(
-                [
-                    (0, j.max_iters, j.tol, j.rel_mode, 0.0)
-                    if j.resume is None
-                    else (j.resume.iterations, j.max_iters, j.tol, j.rel_mode, j.resume.first_res)
-                    for j in jobs
-                ],
-                dtype=torch.float64,
-                device=dev,
-            ).T
-            new_t = {
-                "y": new_y,
-                "iters": cols[0].long(),
-                "max_iters": cols[1].long(),
-                "tol": cols[2].contiguous(),
-                "rel_mode": cols[3].bool(),
-                "first_res": cols[4].contiguous(),
-            }
+        new_t = self._new_rows(jobs, width) if jobs else {}
+        new_y = new_t.get("y")
         idx = None if everyone or not keep else torch.tensor(keep, device=dev)
         if self._t and keep:
             old = self._t if idx is None else {k: v.index_select(0, idx) for k, v in self._t.items()}
@@ -420,20 +487,27 @@ class Engine:
         now = time.monotonic()
         rows = self._rows
         for i in self._fresh:
-            self.observer.first_iterate(rows[i].job, now - rows[i].job.submitted)
+            job = rows[i].job  # type: ignore[union-attr]
+            self.observer.first_iterate(job, now - job.submitted)
         self._fresh = []
-        # Visit only the rows that stopped, stream or trace, passed their deadline or were cancelled.
+        # Visit only the rows that stopped, stream or trace, passed their deadline or were cancelled
+        # (retired rows' slots go on computing until they are taken over, and are passed over here).
         visit = [i for i, c in enumerate(codes) if c] if any(codes) else []
-        visit += self._watched
+        for i in self._watched:
+            if (row := rows[i]) is not None:
+                job, n = row.job, self.ticks - row.offset
+                if n % job.every == 0 and (job.trace or n % (job.every * job.stride) == 0):
+                    visit.append(i)
         if SolveJob.cancellations != self._cancellations:
             self._cancellations = SolveJob.cancellations
-            visit += [i for i, r in enumerate(rows) if r.job.cancelled]
+            visit += [i for i, r in enumerate(rows) if r is not None and r.job.cancelled]
         if now >= self._next_deadline:
-            visit += [i for i, r in enumerate(rows) if now >= r.deadline]
-        stopped: set[int] = set()
+            visit += [i for i, r in enumerate(rows) if r is not None and now >= r.deadline]
+        static = self.batching == "static"
+        computed = len(codes) - len(self._dead)  # this tick's requests, not the retired slots
         for i in sorted(set(visit)):
             row = rows[i]
-            if row.held:  # static batching: answered, but computed on until the slowest row stops
+            if row is None or row.held:  # a retired slot; or static batching's answered row
                 continue
             row.iterations = self.ticks - row.offset
             row.residual, row.rel_residual = absl[i], rell[i]
@@ -446,21 +520,22 @@ class Engine:
                     code_i = Stop.CANCELLED
                 elif now >= row.deadline:
                     code_i = Stop.DEADLINE
-            if job.on_iterate is not None and (code_i or row.iterations % job.every == 0):
+            if job.on_iterate is not None and (code_i or row.iterations % (job.every * job.stride) == 0):
                 job.on_iterate(row.iterations, absl[i], rell[i], y_next[i : i + 1, : row.size])
             if code_i:
-                stopped.add(i)
                 self._retire(row, Stop(code_i), y_next[i : i + 1, : row.size], solver, i)
+                if not static:
+                    rows[i] = None
+                    self._dead.append(i)
+                    self._died.append(self.ticks)
         self.last_tick_rows = len(codes)
-        if self.batching == "static":
+        if static:
             if len(self._held) == len(rows):
                 self._release_held()
                 self._rebuild([], [])
-        elif len(stopped) == len(rows):
+        elif len(self._dead) == len(rows):
             self._rebuild([], [])
-        elif stopped:  # retired together with the next admissions, in one rebuild
-            self._keep = [i for i in range(len(rows)) if i not in stopped]
-        self.observer.tick(time.perf_counter() - start, len(codes))
+        self.observer.tick(time.perf_counter() - start, computed)
 
     def _retire(self, row: _Row, stop: Stop, y_row: torch.Tensor, solver: SolverState, i: int) -> None:
         """Finish row i of the batch; a solve that stopped on its budget keeps what it needs to go on."""
@@ -532,11 +607,9 @@ class Engine:
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
         self._release_held()
-        live = range(len(self._rows)) if self._keep is None else self._keep
-        live = [i for i in live if not self._rows[i].held]
-        rows = [self._rows[i] for i in live]
+        live = [i for i, r in enumerate(self._rows) if r is not None and not r.held]
+        rows = [r for i in live if (r := self._rows[i]) is not None]
         ys = [self._t["y"][i : i + 1, : r.size] for i, r in zip(live, rows, strict=True)]
-        self._keep = None
         for r in rows:
             r.iterations = self.ticks - r.offset
         with self._cond:

@@ -60,7 +60,7 @@ def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, Ev
     encode = iterate_encoder(served.model, job.ctx, ret.state, ret.output)
     keep_y = ret.state or ret.output
     stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer, encode, keep_y)
-    job.on_iterate = stream.push
+    stream.attach(job)
     return served, job, stream
 
 
@@ -180,3 +180,4 @@ async def _legs(
             return
         job = extend_job(job, result, ext.max_iters)
         stream.reset()
+        stream.attach(job)

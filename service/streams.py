@@ -7,6 +7,11 @@ loop, for the events actually sent: decoding, `tolist`, JSON. The consumer sends
 batch per `BATCH_S` and at most `RATE` iterates per second after a burst of `capacity`, because
 every event sent costs the worker GIL time; iterates it skips count as dropped, like those that
 fell out of the ring. The final event is never dropped.
+
+The worker is spared the iterates that would only be dropped: while a solve runs faster than `RATE`
+the stream raises its job's `stride` so that the worker hands over about `STRIDE_MARGIN × RATE`
+iterates per second, and while the client reads nothing (the ring is full and no batch went out for
+`STALL_S`) it mutes the job until the client reads again. Skipped iterates count as dropped too.
 """
 
 from __future__ import annotations
@@ -14,19 +19,32 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from models.base import Ctx, ImplicitModel
+
+if TYPE_CHECKING:
+    from service.engine import SolveJob
 
 RATE = 5500.0
 """Iterate events per second one stream sends at most, once its burst allowance is spent."""
 
 BATCH_S = 0.005
 """Shortest time between two batches of one stream: bounds the loop's wake-ups per stream."""
+
+STRIDE_MARGIN = 1.25
+"""A throttled job still hands over this many times `RATE` iterates per second."""
+
+STALL_S = 0.05
+"""A full ring with no batch sent for this long means the client stopped reading: the job is muted."""
+
+MUTED = 1 << 62
+"""The stride of a muted job: only its last iterate reaches the stream."""
 
 Iterate = tuple[int, float, float, torch.Tensor | None]
 """What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, n) view or None)."""
@@ -84,6 +102,12 @@ class EventStream:
         self._wake = asyncio.Event()
         self._waiting = False
         self._final: dict[str, Any] | None = None
+        self._job: SolveJob | None = None
+        self._stride = 1
+        self._last_t = 0
+        self._progress = time.monotonic()
+        self.skipped = 0
+        """Iterates the worker did not hand over because the stream throttled or muted its job."""
         self.pushed = 0
         """Iterates the worker handed over, over all legs."""
         self.sent = 0
@@ -91,12 +115,27 @@ class EventStream:
         self.wakeups = 0
         """Times the worker woke the event loop."""
 
+    def attach(self, job: SolveJob) -> None:
+        """Make this stream `job`'s iterate hook (each leg of an extended solve is a new job)."""
+        job.on_iterate = self.push
+        job.stride = self._stride
+        self._job = job
+
+    def _throttle(self, stride: int) -> None:
+        if self._job is not None:
+            self._job.stride = stride
+
     def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor) -> None:
         """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.
 
         y is kept only when the events carry it or its decoding: a kept view holds on to the whole
         batch state tensor of its tick.
         """
+        every = self._job.every if self._job is not None else 1
+        self.skipped += max(0, (t - 1) // every - self._last_t // every)  # multiples of `every` between
+        self._last_t = t
+        if len(self._items) == self._items.maxlen and time.monotonic() - self._progress > STALL_S:
+            self._throttle(MUTED)
         self._items.append((t, residual, rel_residual, y if self._keep_y else None))
         self.pushed += 1
         if self._waiting:
@@ -111,11 +150,19 @@ class EventStream:
 
     @property
     def dropped(self) -> int:
-        """Iterates handed over but not sent and no longer buffered."""
-        return self.pushed - self.sent - len(self._items)
+        """Iterates not sent: skipped by the worker, or handed over and no longer buffered."""
+        return self.pushed + self.skipped - self.sent - len(self._items)
+
+    def _pace(self, rate: float) -> None:
+        """Set the job's stride for a solve running at `rate` iterations/s (and unmute it)."""
+        every = self._job.every if self._job is not None else 1
+        self._stride = max(1, int(rate / (every * STRIDE_MARGIN * self._rate)))
+        self._throttle(self._stride)
 
     async def _ready(self) -> None:
         """Return once an iterate is buffered or the final event is set."""
+        if not self._items:
+            self._throttle(self._stride)  # a muted job stays muted only while iterates wait unsent
         while not self._items and self._final is None:
             self._wake.clear()
             self._waiting = True
@@ -127,6 +174,7 @@ class EventStream:
         """JSON text of the iterates this leg sends, in order, then of the final event."""
         burst = float(self._items.maxlen or 1)
         tokens, last = burst, self._loop.time()
+        seen_t, seen_at = self._last_t, time.monotonic()
         while True:
             await self._ready()
             final = self._final  # read first: once it is set, every iterate of the leg is buffered
@@ -145,6 +193,11 @@ class EventStream:
             for item in batch:
                 self.sent += 1
                 yield self._encode(item)
+            now = time.monotonic()
+            self._progress = now
+            if now - seen_at >= 10 * self._batch_s:  # the solve's speed, over ~50 ms
+                self._pace((self._last_t - seen_t) / (now - seen_at))
+                seen_t, seen_at = self._last_t, now
             if final is not None:
                 if final["type"] == "result":
                     final = final | {"dropped": self.dropped}

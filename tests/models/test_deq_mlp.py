@@ -36,7 +36,7 @@ def test_shapes_and_meta(model: DeqMLP) -> None:
     meta = model.meta()
     ctx = _ctx(model, meta.example_input["x"])
     h = model.hidden
-    assert meta.state_dim == h == model.state_size(ctx) == 256
+    assert meta.state_dim == h == model.state_size(ctx) == 1024
     assert ctx["inj"].shape == (1, h)
     y0 = model.init(ctx)
     assert y0.shape == (1, h) and y0.dtype == torch.float32 and not y0.any()

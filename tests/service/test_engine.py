@@ -10,7 +10,15 @@ import torch
 
 from models.base import ImplicitModel
 from models.reciprocal import Reciprocal, ReciprocalInput
-from service.engine import Engine, ModelStepError, QueueFull, SolveJob, SolveResult, extend_job
+from service.engine import (
+    COMPACT_AFTER_TICKS,
+    Engine,
+    ModelStepError,
+    QueueFull,
+    SolveJob,
+    SolveResult,
+    extend_job,
+)
 from tests.fake_models import BLOWUP_X, NAN_X, RAISE_X, Faulty
 
 
@@ -204,7 +212,9 @@ def test_extended_solve_goes_on_exactly_where_it_stopped(m: int) -> None:
         second = engine.submit(extend_job(first_job, first, 3)).result(10)
     finally:
         engine.stop()
-    assert second.iterations == whole.iterations == 8
+    # tol 0: the budget ends both, unless the iterate lands on an exact floating-point fixed point first
+    assert second.iterations == whole.iterations > first.iterations == 5
+    assert second.status == whole.status
     assert second.state == whole.state
     assert second.trace == whole.trace
 
@@ -295,3 +305,40 @@ def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
         assert got.status == want.status == "converged"
         assert abs(got.iterations - want.iterations) <= 1
         torch.testing.assert_close(torch.tensor(got.state), torch.tensor(want.state), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("m", [0, 4])
+def test_a_retired_slot_is_taken_over_then_compacted_when_nobody_comes(m: int) -> None:
+    """A newcomer takes the slot a retired row left (the batch does not grow); a slot nobody takes
+    is compacted away after COMPACT_AFTER_TICKS ticks; every answer is the one it gets alone."""
+    model = Reciprocal()
+    engine = Engine(model)
+    widths: list[int] = []  # widths[i]: rows tick i computed, seen at the long row's iterate i + 1
+
+    def slow(x: list[float], n: int, m: int) -> SolveJob:  # η = 0.01: Picard never converges here
+        ctx = model.encode(ReciprocalInput(x=x, eta=0.01))
+        return SolveJob(id=str(x), ctx=ctx, y0=model.init(ctx), max_iters=n, tol=0.0, m=m, return_state=True)
+
+    specs = [([0.5], 3, m), ([0.3], 40, 0), ([0.4, 0.9, 1.3, 0.7, 1.7, 1.1], 12, m)]
+    short, long, late = (slow(*spec) for spec in specs)
+
+    def watch(t: int, *_: object) -> None:
+        widths.append(engine.last_tick_rows)
+        if t == 5:  # the short row retired at tick 3: the newcomer arrives inside its grace period
+            engine.submit(late)
+
+    long.on_iterate = watch
+    futures = [engine.submit(short), engine.submit(long)]
+    engine.start()
+    try:
+        results = [f.result(10) for f in futures] + [late.future.result(10)]
+    finally:
+        engine.stop()
+    # ticks 1-5: both rows, then the short row's empty slot; 6 to 5 + L: the newcomer in that slot;
+    # its empty slot for COMPACT_AFTER_TICKS more ticks; then the long row alone
+    end = 5 + results[2].iterations + COMPACT_AFTER_TICKS
+    assert widths[1 : end + 1] == [2] * end
+    assert widths[end + 1 :] == [1] * (40 - end - 1)
+    for got, want in zip(results, [alone(model, slow(*spec)) for spec in specs], strict=True):
+        assert got.status == want.status
+        assert got.iterations == want.iterations and got.state == want.state

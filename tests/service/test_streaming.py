@@ -18,7 +18,8 @@ from models.reciprocal import Reciprocal
 from service.app import create_app
 from service.client import Client, EqserveError
 from service.config import Settings
-from service.streams import EventStream, Iterate, iterate_encoder
+from service.engine import Engine, SolveJob, SolveResult
+from service.streams import MUTED, EventStream, Iterate, iterate_encoder
 from tests.live_server import live_server
 from tests.service.test_disconnect import assert_engine_goes_idle
 
@@ -325,3 +326,60 @@ def test_a_stream_keeps_y_only_when_its_events_need_it() -> None:
 
     assert asyncio.run(scenario(True)) == [{"type": "iterate", "t": 1, "y": True}, {"type": "error"}]
     assert asyncio.run(scenario(False))[0]["y"] is False
+
+
+@pytest.mark.parametrize("stall", [False, True])
+def test_the_worker_is_spared_the_iterates_a_stream_would_drop(stall: bool) -> None:
+    """A solve faster than the stream's rate gets a stride (the worker hands over a fraction of its
+    iterates); a client that stops reading mutes it (none at all) until it reads again. Either
+    way the events sent plus `dropped` are exactly the iterations, and the last iterate is sent."""
+    model = Reciprocal()
+    engine = Engine(model)
+    engine.start()
+    iterations = 20_000
+
+    async def scenario() -> tuple[EventStream, list[dict], SolveResult, list[int]]:
+        stream = EventStream(asyncio.get_running_loop(), 64, encode_t, rate=2000.0)
+        ctx = model.encode(model.Input.model_validate({"x": [1e-6]}))  # G moves y by ~1 per step
+        job = SolveJob(id="s", ctx=ctx, y0=model.init(ctx), max_iters=iterations, tol=0.0)
+        stream.attach(job)
+        got: list[dict] = []
+        reading = asyncio.Event()
+        if not stall:
+            reading.set()
+
+        async def consume() -> None:
+            async for text in stream.events():
+                got.append(json.loads(text))
+                await reading.wait()  # stalled: a send that blocks until the client reads again
+
+        task = asyncio.create_task(consume())
+        fut = asyncio.wrap_future(engine.submit(job))
+        muted_pushes: list[int] = []
+        if stall:
+            deadline = time.monotonic() + 10
+            while job.stride != MUTED:
+                assert time.monotonic() < deadline and not fut.done(), "never muted"
+                await asyncio.sleep(0.005)
+            muted_pushes.append(stream.pushed)
+            await asyncio.sleep(0.2)  # the worker goes on iterating, handing nothing over
+            muted_pushes.append(stream.pushed)
+            assert not fut.done() and job.stride == MUTED
+            reading.set()
+        result = await fut
+        stream.finish({"type": "result", "dropped": 0})
+        await task
+        return stream, got, result, muted_pushes
+
+    try:
+        stream, events, result, muted = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    iterates = events[:-1]
+    assert result.iterations == iterations
+    assert len(iterates) + events[-1]["dropped"] == iterations
+    ts = [e["t"] for e in iterates]
+    assert ts == sorted(set(ts)) and ts[-1] == iterations
+    assert stream.pushed < iterations / 3  # throttled: most iterates never left the worker
+    if stall:
+        assert muted[0] == muted[1]
