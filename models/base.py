@@ -124,12 +124,12 @@ class ImplicitModel(nn.Module):
             out = {k: torch.cat([out[k], new[k]]) for k in out}
         return out
 
-    def place(self, bctx: Ctx, slots: torch.Tensor, fresh: list[Ctx]) -> Ctx:
-        """The batch context with rows `slots` replaced by the `fresh` contexts, in order (row-aligned
-        models only: the engine re-collates the others through `rebatch`). Out of place: streamed
-        iterates may still hold views of the old tensors."""
+    def place(self, bctx: Ctx, slots: torch.Tensor, fresh: list[Ctx]) -> None:
+        """Write the `fresh` contexts into rows `slots` of the batch context, in place (row-aligned
+        models only: the engine re-collates the others through `rebatch`)."""
         new = self.collate(fresh)
-        return {k: v.index_copy(0, slots, new[k]) for k, v in bctx.items()}
+        for k, v in bctx.items():
+            v.index_copy_(0, slots, new[k])
 
     def evaluate(self, iters: list[int]) -> EvalReport:
         """E_t on the model's shipped held-out set."""

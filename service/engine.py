@@ -29,7 +29,7 @@ import torch
 from kernels.dispatch import Backend, dense_picard_step
 from kernels.reference import Stop, decide, residuals
 from models.base import Ctx, ImplicitModel
-from models.padding import pad_rows
+from models.padding import stack_rows
 from service.solvers import SolverState
 
 log = logging.getLogger(__name__)
@@ -354,13 +354,16 @@ class Engine:
         new_t = self._new_rows(jobs, self._t["y"].shape[1])
         assert self._solver is not None
         t, solver, bctx = self._t, self._solver, self._bctx
-        if k:
+        if k:  # in place, but for y: streamed iterates may hold views of the last tick's state
             dev = self._device
             idx = torch.tensor(slots, device=dev)
-            t = {name: v.index_copy(0, idx, new_t[name][:k]) for name, v in t.items()}
+            for name, v in t.items():
+                if name != "y":
+                    v.index_copy_(0, idx, new_t[name][:k])
+            t["y"] = t["y"].index_copy(0, idx, new_t["y"][:k])
             beta = torch.tensor([[j.damping] for j in jobs[:k]], dtype=new_t["y"].dtype, device=dev)
-            solver = solver.restart(idx, beta, torch.tensor([j.m for j in jobs[:k]], device=dev))
-            bctx = self.model.place(bctx, idx, [j.ctx for j in jobs[:k]])
+            solver.restart(idx, beta, torch.tensor([j.m for j in jobs[:k]], device=dev))
+            self.model.place(bctx, idx, [j.ctx for j in jobs[:k]])
         if len(fresh) > k:
             rest = jobs[k:]
             t = {name: torch.cat([v, new_t[name][k:]]) for name, v in t.items()}
@@ -382,24 +385,15 @@ class Engine:
 
     def _new_rows(self, jobs: list[SolveJob], width: int) -> dict[str, torch.Tensor]:
         """Per-row tensors of `jobs` (start state fitted to `width`, budgets, solver options)."""
-        y, _ = pad_rows([j.start for j in jobs], width)
-        cols = torch.tensor(
-            [
-                (0, j.max_iters, j.tol, j.rel_mode, 0.0)
-                if j.resume is None
-                else (j.resume.iterations, j.max_iters, j.tol, j.rel_mode, j.resume.first_res)
-                for j in jobs
-            ],
-            dtype=torch.float64,
-            device=self._device,
-        ).T
+        dev = self._device
+        done = [(0, 0.0) if j.resume is None else (j.resume.iterations, j.resume.first_res) for j in jobs]
         return {
-            "y": y,
-            "iters": cols[0].long(),
-            "max_iters": cols[1].long(),
-            "tol": cols[2].contiguous(),
-            "rel_mode": cols[3].bool(),
-            "first_res": cols[4].contiguous(),
+            "y": stack_rows([j.start for j in jobs], width),
+            "iters": torch.tensor([d[0] for d in done], dtype=torch.long, device=dev),
+            "max_iters": torch.tensor([j.max_iters for j in jobs], dtype=torch.long, device=dev),
+            "tol": torch.tensor([j.tol for j in jobs], dtype=torch.float64, device=dev),
+            "rel_mode": torch.tensor([j.rel_mode for j in jobs], dtype=torch.bool, device=dev),
+            "first_res": torch.tensor([d[1] for d in done], dtype=torch.float64, device=dev),
         }
 
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:

@@ -76,17 +76,15 @@ class SolverState:
             None if gram is None else gram.index_select(0, idx),
         )
 
-    def restart(self, idx: torch.Tensor, beta: torch.Tensor, m: torch.Tensor) -> SolverState:
+    def restart(self, idx: torch.Tensor, beta: torch.Tensor, m: torch.Tensor) -> None:
         """Rows `idx` start afresh: damping `beta` (k, 1), history length `m` (k,) at most the batch's
-        slots (0 where no row keeps a history), nothing written yet. Out of place, one op per tensor."""
-        hist, gram = self.hist, self.gram
-        return SolverState(
-            self.beta.index_copy(0, idx, beta),
-            self.m.index_copy(0, idx, m),
-            self.count.index_fill(0, idx, 0),
-            None if hist is None else hist.index_fill(0, idx, 0),
-            None if gram is None else gram.index_fill(0, idx, 0),
-        )
+        slots (0 where no row keeps a history), nothing written yet. In place, one op per tensor."""
+        self.beta.index_copy_(0, idx, beta)
+        self.m.index_copy_(0, idx, m)
+        self.count.index_fill_(0, idx, 0)
+        if self.hist is not None and self.gram is not None:
+            self.hist.index_fill_(0, idx, 0)
+            self.gram.index_fill_(0, idx, 0)
 
     def concat(self, other: SolverState, width: int) -> SolverState:
         """Rows of self then rows of other, iterates fitted to `width` state entries."""
