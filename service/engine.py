@@ -4,10 +4,12 @@ Each tick the worker admits waiting requests into free rows, runs one G-step and
 for every active row, takes every row's stop decision on the device, reads back one small
 tensor, and retires the rows that stopped. A request joins and leaves the batch at any tick.
 
-A retired row leaves its slot in the batch tensors for a few ticks: a request that arrives then
-takes the slot over with one out-of-place `index_copy` per tensor, where compacting the batch and
-appending would cost a select and a concatenation per tensor. A slot left empty for
-`COMPACT_AFTER_TICKS` ticks is compacted away, so an idle slot costs at most that many steps.
+A retired row leaves its slot in the batch tensors for a while: a request that arrives then takes
+the slot over with one `index_copy` per tensor, where compacting the batch and appending would cost
+a select and a concatenation per tensor. Empty slots are still computed, so they are compacted
+away once the steps they have cost since they emptied reach what a compaction costs (both measured:
+the rent-or-buy rule, never more than twice the better choice), and at the latest after
+`COMPACT_AFTER_TICKS` ticks.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ log = logging.getLogger(__name__)
 
 Batching = Literal["continuous", "static"]
 
-COMPACT_AFTER_TICKS = 4
-"""Ticks a retired row's slot waits for a newcomer before the batch is compacted."""
+COMPACT_AFTER_TICKS = 16
+"""Most ticks a retired row's slot waits for a newcomer before the batch is compacted."""
 
 
 class QueueFull(Exception):
@@ -81,8 +83,9 @@ class NullObserver:
         """Nothing."""
 
 
-IterateHook = Callable[[int, float, float, torch.Tensor], None]
-"""Called on the worker as hook(t, residual, rel_residual, y) every `every` iterations; y is (1, n)."""
+IterateHook = Callable[[int, float, float, torch.Tensor | None], None]
+"""Called on the worker as hook(t, residual, rel_residual, y) every `every` iterations; y is a (1, n)
+view of the state, or None when the job's `iterate_y` says the hook does not look at it."""
 
 
 @dataclass
@@ -113,6 +116,7 @@ class SolveJob:
     every: int = 1
     return_state: bool = False
     on_iterate: IterateHook | None = None
+    iterate_y: bool = True
     stride: int = 1
     """`on_iterate` gets every (every·stride)-th iterate and the last one; its stream sets the stride
     while it is handed more iterates than it can send, and a huge one while its client reads nothing."""
@@ -237,6 +241,10 @@ class Engine:
         self._cancellations = 0
         self._held: list[tuple[_Row, SolveResult]] = []
         self._mean_solve_s = 0.05
+        self._row_s = 0.0
+        """Seconds one row costs a tick (moving average over ticks)."""
+        self._rebuild_s = 1e-4
+        """Seconds a rebuild of the batch costs (moving average over rebuilds)."""
         self.ticks = 0
         self.last_tick_rows = 0
         self.observer: EngineObserver = NullObserver()
@@ -315,7 +323,7 @@ class Engine:
 
     def _admit(self, jobs: list[SolveJob]) -> None:
         """Admit `jobs`: into retired rows' slots where they fit, else by one rebuild of the batch that
-        also compacts the slots left empty for `COMPACT_AFTER_TICKS` ticks."""
+        also compacts the empty slots once they have cost as much as that (see the module's note)."""
         now = time.monotonic()
         fresh: list[_Row] = []
         for job in jobs:
@@ -330,7 +338,10 @@ class Engine:
                 self._finish(row, Stop.DEADLINE, job.start)
             else:
                 fresh.append(row)
-        stale = bool(self._died) and self.ticks - self._died[0] >= COMPACT_AFTER_TICKS
+        stale = bool(self._died) and (
+            self.ticks - self._died[0] >= COMPACT_AFTER_TICKS
+            or self._row_s * sum(self.ticks - d for d in self._died) >= self._rebuild_s
+        )
         if fresh and not stale and self._placeable(fresh):
             self._place(fresh)
         elif fresh or stale:
@@ -397,7 +408,13 @@ class Engine:
         }
 
     def _rebuild(self, keep: list[int], fresh: list[_Row]) -> None:
-        """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate."""
+        """Keep rows `keep` of the batch (in order), append `fresh`, and re-collate; timed."""
+        start = time.perf_counter()
+        self._recollate(keep, fresh)
+        if keep:  # a compaction, the cost a rebuild is weighed against
+            self._rebuild_s = 0.8 * self._rebuild_s + 0.2 * (time.perf_counter() - start)
+
+    def _recollate(self, keep: list[int], fresh: list[_Row]) -> None:
         fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
         everyone = len(keep) == len(self._rows)  # `keep` is ascending: nothing left the batch
         kept_ctxs = [r.job.ctx for i in keep if (r := self._rows[i]) is not None]
@@ -515,7 +532,8 @@ class Engine:
                 elif now >= row.deadline:
                     code_i = Stop.DEADLINE
             if job.on_iterate is not None and (code_i or row.iterations % (job.every * job.stride) == 0):
-                job.on_iterate(row.iterations, absl[i], rell[i], y_next[i : i + 1, : row.size])
+                y_i = y_next[i : i + 1, : row.size] if job.iterate_y else None
+                job.on_iterate(row.iterations, absl[i], rell[i], y_i)
             if code_i:
                 self._retire(row, Stop(code_i), y_next[i : i + 1, : row.size], solver, i)
                 if not static:
@@ -529,7 +547,9 @@ class Engine:
                 self._rebuild([], [])
         elif len(self._dead) == len(rows):
             self._rebuild([], [])
-        self.observer.tick(time.perf_counter() - start, computed)
+        seconds = time.perf_counter() - start
+        self._row_s = 0.9 * self._row_s + 0.1 * seconds / len(codes)
+        self.observer.tick(seconds, computed)
 
     def _retire(self, row: _Row, stop: Stop, y_row: torch.Tensor, solver: SolverState, i: int) -> None:
         """Finish row i of the batch; a solve that stopped on its budget keeps what it needs to go on."""

@@ -118,6 +118,7 @@ class EventStream:
     def attach(self, job: SolveJob) -> None:
         """Make this stream `job`'s iterate hook (each leg of an extended solve is a new job)."""
         job.on_iterate = self.push
+        job.iterate_y = self._keep_y
         job.stride = self._stride
         self._job = job
 
@@ -125,7 +126,7 @@ class EventStream:
         if self._job is not None:
             self._job.stride = stride
 
-    def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor) -> None:
+    def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor | None) -> None:
         """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.
 
         y is kept only when the events carry it or its decoding: a kept view holds on to the whole

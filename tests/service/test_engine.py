@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -308,11 +309,14 @@ def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
 
 
 @pytest.mark.parametrize("m", [0, 4])
-def test_a_retired_slot_is_taken_over_then_compacted_when_nobody_comes(m: int) -> None:
-    """A newcomer takes the slot a retired row left (the batch does not grow); a slot nobody takes
-    is compacted away after COMPACT_AFTER_TICKS ticks; every answer is the one it gets alone."""
+@pytest.mark.parametrize("rebuild_s", [math.inf, 0.0])
+def test_a_retired_slot_is_taken_over_or_compacted_by_what_it_costs(m: int, rebuild_s: float) -> None:
+    """A newcomer takes the slot a retired row left (the batch does not grow) while the empty slot
+    has cost less than a compaction; the engine compacts once it has (at once when compacting is
+    free; after COMPACT_AFTER_TICKS ticks at the latest). Every answer is the one it gets alone."""
     model = Reciprocal()
     engine = Engine(model)
+    engine._rebuild_s = rebuild_s  # pin the measured cost of a compaction (the policy's input)
     widths: list[int] = []  # widths[i]: rows tick i computed, seen at the long row's iterate i + 1
 
     def slow(x: list[float], n: int, m: int) -> SolveJob:  # η = 0.01: Picard never converges here
@@ -324,7 +328,7 @@ def test_a_retired_slot_is_taken_over_then_compacted_when_nobody_comes(m: int) -
 
     def watch(t: int, *_: object) -> None:
         widths.append(engine.last_tick_rows)
-        if t == 5:  # the short row retired at tick 3: the newcomer arrives inside its grace period
+        if t == 5:  # the short row retired at tick 3
             engine.submit(late)
 
     long.on_iterate = watch
@@ -334,11 +338,15 @@ def test_a_retired_slot_is_taken_over_then_compacted_when_nobody_comes(m: int) -
         results = [f.result(10) for f in futures] + [late.future.result(10)]
     finally:
         engine.stop()
-    # ticks 1-5: both rows, then the short row's empty slot; 6 to 5 + L: the newcomer in that slot;
-    # its empty slot for COMPACT_AFTER_TICKS more ticks; then the long row alone
-    end = 5 + results[2].iterations + COMPACT_AFTER_TICKS
-    assert widths[1 : end + 1] == [2] * end
-    assert widths[end + 1 :] == [1] * (40 - end - 1)
+    last = 5 + results[2].iterations  # the newcomer computes in ticks 6 … last
+    if rebuild_s:  # never worth it: the slots wait their longest, the newcomer takes the old one
+        end = last + COMPACT_AFTER_TICKS
+        assert widths[1 : end + 1] == [2] * end
+        assert widths[end + 1 :] == [1] * (40 - end - 1)
+    else:  # free: the empty slot is compacted before the next tick, the newcomer appended; the
+        # compaction measured its own cost, so the newcomer's slot waits by what that was
+        assert widths[1 : last + 1] == [2] * 3 + [1] * 2 + [2] * (last - 5)
+        assert widths[last + COMPACT_AFTER_TICKS + 1 :] == [1] * (40 - last - COMPACT_AFTER_TICKS - 1)
     for got, want in zip(results, [alone(model, slow(*spec)) for spec in specs], strict=True):
         assert got.status == want.status
         assert got.iterations == want.iterations and got.state == want.state
