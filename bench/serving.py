@@ -3,7 +3,8 @@
 Starts one `eqserve serve` process per mode on a free local port, sends each the same seeded list
 of N requests (tolerances log-uniform in [1e-6, 1e-2], budgets large enough to converge) from C
 concurrent closed-loop clients, in interleaved rounds, and prints a table then one JSON line
-(ratios of requests/s). The client shares the machine's CPUs with the server, as reported.
+(ratios of requests/s). The clients are lean keep-alive HTTP/1.1 connections (`http_load.py`); they
+share the machine's CPUs with the server, and the table reports what each side used.
 
     .venv/bin/python bench/serving.py            # full run
     .venv/bin/python bench/serving.py --quick    # under 3 minutes on a 2-core CPU

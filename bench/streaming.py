@@ -6,8 +6,9 @@ and streamed to a client that reads nothing for 5 s (a deadline of 5 s, against 
 unstreamed). The engine's tick time comes from the server's own /metrics (eqserve_tick_seconds),
 so the ratios compare like with like in one run. The server sends each stream at most
 `service.streams.RATE` iterates per second, so a solve faster than that drops iterates (counted);
-the kernel's socket buffers on loopback hold seconds of events, so the non-reading client still
-gets events sent for most of its 5 s (`stalled_events` says how many it received).
+the non-reading client is sent events until its connection's buffers fill (the server's send
+buffer is bounded by `--send-buffer`), then its solve is muted (`stalled_events` says how many it
+received).
 
     .venv/bin/python bench/streaming.py [--quick] [--models reciprocal,deq-mlp]
 """
