@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.base import Ctx
+from models.base import Ctx, ImplicitModel
 from models.reciprocal import Reciprocal
 
 NAN_X = 1.7
@@ -36,3 +36,11 @@ class Faulty(Reciprocal):
         g = torch.where(nan_rows, torch.nan, g)
         blow_rows = (x == BLOWUP_X).any(1, keepdim=True)
         return torch.where(blow_rows, 10 * y + 1, g)
+
+
+class RowAligned(Reciprocal):
+    """Reciprocal with the default, row-aligned collate (so every request needs the same length of x):
+    the engine hands its newcomers retired rows' slots, which a padded model's re-collation cannot."""
+
+    name = "reciprocal-rows"
+    collate = ImplicitModel.collate
