@@ -202,9 +202,9 @@ class _Row:
         self.watched = self.job.trace or self.job.on_iterate is not None
 
     @property
-    def placeable(self) -> bool:
-        """Whether the row can take over a retired row's slot: a new solve (an extended one brings
-        its own solver history and goes through a rebuild)."""
+    def new_solve(self) -> bool:
+        """Whether the row starts a solve (its first iterate is next), rather than extending one that
+        brings its own solver history: only new solves take over a retired row's slot."""
         return self.job.resume is None
 
 
@@ -351,7 +351,7 @@ class Engine:
         """Whether `fresh` can take over retired slots (and append past them) without a rebuild:
         new solves that fit the batch's width and history, and a row-aligned model context."""
         solver = self._solver
-        if solver is None or not self.model.row_aligned or not all(r.placeable for r in fresh):
+        if solver is None or not self.model.row_aligned or not all(r.new_solve for r in fresh):
             return False
         slots = 0 if solver.hist is None else solver.hist.shape[1]
         width = self._t["y"].shape[1]
@@ -415,19 +415,18 @@ class Engine:
             self._rebuild_s = 0.8 * self._rebuild_s + 0.2 * (time.perf_counter() - start)
 
     def _recollate(self, keep: list[int], fresh: list[_Row]) -> None:
-        fresh = sorted(fresh, key=lambda r: r.job.resume is not None)
+        fresh = sorted(fresh, key=lambda r: not r.new_solve)
         everyone = len(keep) == len(self._rows)  # `keep` is ascending: nothing left the batch
-        kept_ctxs = [r.job.ctx for i in keep if (r := self._rows[i]) is not None]
-        rows: list[_Row | None] = [self._rows[i] for i in keep]
-        rows += fresh
-        self._rows, self._dead, self._died = rows, [], []
-        self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r is not None and r.placeable]
+        rows = [r for i in keep if (r := self._rows[i]) is not None] + fresh  # `keep` holds live rows
+        self._rows, self._dead, self._died = list(rows), [], []
+        self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r.new_solve]
         self._index_rows()
         if not rows:
             self._t, self._solver, self._bctx = {}, None, {}
             self.last_tick_rows = 0
             return
-        width = max(r.size for r in rows if r is not None)
+        kept_ctxs = [r.job.ctx for r in rows[: len(keep)]]
+        width = max(r.size for r in rows)
         jobs = [r.job for r in fresh]
         dev = self._device
         new_t = self._new_rows(jobs, width) if jobs else {}
@@ -621,9 +620,9 @@ class Engine:
 
     def _fail_all(self, stop: Stop, error: BaseException | None = None) -> None:
         self._release_held()
-        live = [i for i, r in enumerate(self._rows) if r is not None and not r.held]
-        rows = [r for i in live if (r := self._rows[i]) is not None]
-        ys = [self._t["y"][i : i + 1, : r.size] for i, r in zip(live, rows, strict=True)]
+        live = [(i, r) for i, r in enumerate(self._rows) if r is not None and not r.held]
+        rows = [r for _, r in live]
+        ys = [self._t["y"][i : i + 1, : r.size] for i, r in live]
         for r in rows:
             r.iterations = self.ticks - r.offset
         with self._cond:

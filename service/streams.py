@@ -122,6 +122,11 @@ class EventStream:
         job.stride = self._stride
         self._job = job
 
+    @property
+    def _every(self) -> int:
+        """The attached job's `every` (1 before one is attached)."""
+        return self._job.every if self._job is not None else 1
+
     def _throttle(self, stride: int) -> None:
         if self._job is not None:
             self._job.stride = stride
@@ -132,7 +137,7 @@ class EventStream:
         y is kept only when the events carry it or its decoding: a kept view holds on to the whole
         batch state tensor of its tick.
         """
-        every = self._job.every if self._job is not None else 1
+        every = self._every
         self.skipped += max(0, (t - 1) // every - self._last_t // every)  # multiples of `every` between
         self._last_t = t
         if len(self._items) == self._items.maxlen and time.monotonic() - self._progress > STALL_S:
@@ -156,8 +161,7 @@ class EventStream:
 
     def _pace(self, rate: float) -> None:
         """Set the job's stride for a solve running at `rate` iterations/s (and unmute it)."""
-        every = self._job.every if self._job is not None else 1
-        self._stride = max(1, int(rate / (every * STRIDE_MARGIN * self._rate)))
+        self._stride = max(1, int(rate / (self._every * STRIDE_MARGIN * self._rate)))
         self._throttle(self._stride)
 
     async def _ready(self) -> None:

@@ -23,8 +23,8 @@ from service.engine import (
 from tests.fake_models import BLOWUP_X, NAN_X, RAISE_X, Faulty, RowAligned
 
 
-def job(model: ImplicitModel, x: list[float], **kw: object) -> SolveJob:
-    ctx = model.encode(ReciprocalInput(x=x))
+def job(model: ImplicitModel, x: list[float], eta: float = 1.0, **kw: object) -> SolveJob:
+    ctx = model.encode(ReciprocalInput(x=x, eta=eta))
     opts: dict = {"max_iters": 500, "tol": 1e-9, "trace": True, "return_state": True} | kw
     return SolveJob(id=str(x), ctx=ctx, y0=model.init(ctx), **opts)
 
@@ -321,8 +321,7 @@ def test_a_retired_slot_is_taken_over_or_compacted_by_what_it_costs(m: int, rebu
     order: list[str | None] = []  # the batch's rows by request, seen at the long row's iterate 7
 
     def slow(x: list[float], n: int, m: int) -> SolveJob:  # η = 0.01: Picard never converges here
-        ctx = model.encode(ReciprocalInput(x=x, eta=0.01))
-        return SolveJob(id=str(x), ctx=ctx, y0=model.init(ctx), max_iters=n, tol=0.0, m=m, return_state=True)
+        return job(model, x, eta=0.01, max_iters=n, tol=0.0, m=m, trace=False)
 
     specs = [([0.5, 1.5], 3, m), ([0.3, 0.8], 40, 0), ([0.4, 1.3], 12, m)]
     short, long, late = (slow(*spec) for spec in specs)
