@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,35 +18,16 @@ PROGRESS_EVERY_S = 0.1
 """How often `eqserve solve --stream` redraws its progress line."""
 
 
-def _listen(host: str, port: int, send_buffer: int) -> socket.socket:
-    """The listening socket. Accepted connections inherit its send buffer (Linux), which bounds the
-    bytes the kernel takes for a client that stopped reading: its stream notices and mutes the solve."""
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if send_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    sock.bind(info[4])
-    return sock
-
-
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.server import listen, uvicorn_config
 
     settings = config.load(args)
-    # Iterate events are ~90 bytes: per-message deflate saves little and costs the engine GIL hand-offs.
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            ws_per_message_deflate=False,
-        )
-    )
-    server.run(sockets=[_listen(settings.host, settings.port, settings.send_buffer)])
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port, settings.log_level))
+    server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer)])
     return 0
 
 

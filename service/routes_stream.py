@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -18,6 +18,7 @@ from service.responses import to_response
 from service.schemas import ExtendMessage, SolveRequest
 from service.state import Served, ServerState
 from service.streams import EventStream, iterate_encoder
+from service.ws_protocol import SEND_TEXTS
 
 router = APIRouter()
 
@@ -73,13 +74,27 @@ def sse_response(state: ServerState, req: SolveRequest) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         gauge.inc()
         try:
-            async for text in stream.events():
-                yield f"data: {text}\n\n".encode()
+            async for batch in stream.batches():
+                yield "".join(f"data: {text}\n\n" for text in batch).encode()
         finally:
             job.cancelled = True
             gauge.dec()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def batch_sender(ws: WebSocket) -> Callable[[list[str]], Awaitable[None]]:
+    """Sends a batch of texts, each its own message: in one write where the server offers
+    `SEND_TEXTS` (eqserve's uvicorn protocol), else one `send_text` each (other ASGI servers)."""
+    extension = ws.scope.get("extensions", {}).get(SEND_TEXTS)
+    if extension is not None:
+        return extension["send"]
+
+    async def send_each(texts: list[str]) -> None:
+        for text in texts:
+            await ws.send_text(text)
+
+    return send_each
 
 
 class _Control:
@@ -141,7 +156,7 @@ async def solve_stream(ws: WebSocket) -> None:
     reader = asyncio.create_task(control.read())
     try:
         await _legs(ws, state, served, job, stream, control)
-    except (WebSocketDisconnect, RuntimeError):
+    except (WebSocketDisconnect, RuntimeError, OSError):  # OSError: uvicorn's ClientDisconnected
         job.cancelled = True
     finally:
         if control.job is not None:
@@ -156,6 +171,7 @@ async def _legs(
     ws: WebSocket, state: ServerState, served: Served, job: SolveJob, stream: EventStream, control: _Control
 ) -> None:
     """Run the solve, then each extension the client asks for within the grace period."""
+    send = batch_sender(ws)
     while True:
         control.job = job
         try:
@@ -163,8 +179,8 @@ async def _legs(
         except ApiError as exc:
             await ws.send_json(error_event(exc.type, exc.message, exc.field))
             return
-        async for text in stream.events():
-            await ws.send_text(text)
+        async for batch in stream.batches():
+            await send(batch)
         result: SolveResult | None = None if fut.exception() else fut.result()
         if result is None or result.resume is None:
             return

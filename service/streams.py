@@ -3,10 +3,11 @@
 The worker's side is one O(1) call per iterate: it appends (t, residual, rel_residual, y) to a
 bounded ring (the oldest buffered iterate falls out when it is full) and wakes the event loop
 only when the stream's consumer is asleep waiting for it. Everything else happens on the event
-loop, for the events actually sent: decoding, `tolist`, JSON. The consumer sends at most one
-batch per `BATCH_S` and at most `RATE` iterates per second after a burst of `capacity`, because
-every event sent costs the worker GIL time; iterates it skips count as dropped, like those that
-fell out of the ring. The final event is never dropped.
+loop, for the events actually sent: decoding, `tolist`, JSON. The consumer takes the events a batch
+at a time (a batch goes out in one write: service/ws_protocol.py), at most one batch per `BATCH_S`
+and at most `RATE` iterates per second after a burst of `capacity`, because every event sent costs
+the worker GIL time; iterates it skips count as dropped, like those that fell out of the ring. The
+final event is never dropped.
 
 The worker is spared the iterates that would only be dropped: while a solve runs faster than `RATE`
 the stream raises its job's `stride` so that the worker hands over about `STRIDE_MARGIN × RATE`
@@ -175,8 +176,9 @@ class EventStream:
                 await self._wake.wait()
             self._waiting = False
 
-    async def events(self) -> AsyncIterator[str]:
-        """JSON text of the iterates this leg sends, in order, then of the final event."""
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """JSON texts of the iterates this leg sends, in order, a batch at a time; the final event
+        ends the last batch."""
         burst = float(self._items.maxlen or 1)
         tokens, last = burst, self._loop.time()
         seen_t, seen_at = self._last_t, time.monotonic()
@@ -194,20 +196,19 @@ class EventStream:
             if take:
                 for _ in range(n - take):  # the newest are sent, the older ones count as dropped
                     self._items.popleft()
-            batch = [self._items.popleft() for _ in range(take)]
-            for item in batch:
-                self.sent += 1
-                yield self._encode(item)
+            batch = [self._encode(self._items.popleft()) for _ in range(take)]
+            self.sent += take
             now = time.monotonic()
-            self._progress = now
             if now - seen_at >= 10 * self._batch_s:  # the solve's speed, over ~50 ms
                 self._pace((self._last_t - seen_t) / (now - seen_at))
                 seen_t, seen_at = self._last_t, now
             if final is not None:
                 if final["type"] == "result":
                     final = final | {"dropped": self.dropped}
-                yield json.dumps(final)
+                yield [*batch, json.dumps(final)]
                 return
+            yield batch
+            self._progress = time.monotonic()  # the batch went out: the client reads
             await asyncio.sleep(self._batch_s)
 
     def reset(self) -> None:

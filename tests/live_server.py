@@ -1,4 +1,5 @@
-"""A real uvicorn server on a free loopback port, run in a thread for the length of a test."""
+"""A real uvicorn server (configured as `eqserve serve` configures it) on a free loopback port, run in a
+thread for the length of a test."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from service.server import uvicorn_config
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
@@ -26,7 +29,7 @@ def free_port() -> int:
 def live_server(app: FastAPI) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 and yield its base URL; shut it down afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

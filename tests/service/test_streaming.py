@@ -219,7 +219,7 @@ def test_event_stream_drops_oldest_iterates_never_the_result() -> None:
         for t in range(1, 101):
             stream.push(t, 0.0, 0.0, Y)
         stream.finish({"type": "result"})
-        return [json.loads(e) async for e in stream.events()], stream.dropped
+        return [json.loads(t) async for batch in stream.batches() for t in batch], stream.dropped
 
     events, dropped = asyncio.run(scenario())
     assert dropped == 92
@@ -254,10 +254,9 @@ def test_a_stalled_reader_costs_the_worker_no_wakeups_and_drops_are_exact() -> N
         got: list[dict] = []
 
         async def consume() -> None:
-            async for text in stream.events():
-                got.append(json.loads(text))
-                if len(got) == 1:
-                    await socket_full.wait()  # a send that blocks until the client reads again
+            async for batch in stream.batches():
+                got.extend(json.loads(t) for t in batch)
+                await socket_full.wait()  # a send that blocks until the client reads again
 
         task = asyncio.create_task(consume())
         await asyncio.sleep(0.01)  # the consumer is asleep waiting for an iterate
@@ -289,8 +288,8 @@ def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
         got: list[dict] = []
 
         async def consume() -> None:
-            async for text in stream.events():
-                got.append(json.loads(text))
+            async for batch in stream.batches():
+                got.extend(json.loads(t) for t in batch)
 
         def produce() -> None:
             for t in range(1, n + 1):
@@ -322,7 +321,7 @@ def test_a_stream_keeps_y_only_when_its_events_need_it() -> None:
         stream = EventStream(asyncio.get_running_loop(), 8, encode, keep_y)
         stream.push(1, 0.0, 0.0, Y)
         stream.finish({"type": "error"})
-        return [json.loads(e) async for e in stream.events()]
+        return [json.loads(t) async for batch in stream.batches() for t in batch]
 
     assert asyncio.run(scenario(True)) == [{"type": "iterate", "t": 1, "y": True}, {"type": "error"}]
     assert asyncio.run(scenario(False))[0]["y"] is False
@@ -349,8 +348,8 @@ def test_the_worker_is_spared_the_iterates_a_stream_would_drop(stall: bool) -> N
             reading.set()
 
         async def consume() -> None:
-            async for text in stream.events():
-                got.append(json.loads(text))
+            async for batch in stream.batches():
+                got.extend(json.loads(t) for t in batch)
                 await reading.wait()  # stalled: a send that blocks until the client reads again
 
         task = asyncio.create_task(consume())
