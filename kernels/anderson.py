@@ -1,10 +1,12 @@
-"""Anderson acceleration's two bandwidth-bound parts, fused: the Gram-row update and the mixing.
+"""Anderson acceleration's two bandwidth-bound parts, fused: recording the newest iterate and mixing.
 
-The solver keeps the Gram matrix of its residual history r_i = F_i − X_i. Each step replaces one
-history slot, so only that slot's row and column change: `gram_row` writes (y, G(y)) into the slot
-and takes M dot products with the new residual, one pass over the history instead of a full bmm.
-After the small bordered solve (`reference.anderson_solve`), `mix` forms the new iterate
-(1−β)Σα_i X_i + βΣα_i F_i, or the damped Picard step where the weights are not usable.
+A row's history (B, M, 2n) holds its last iterates X_i and residuals R_i = G(X_i) − X_i side by
+side, and the solver keeps the Gram matrix RRᵀ (fp64). Each step replaces one slot, so only that
+slot's row and column change: `record` writes (y, G(y) − y) into the slot and takes M dot products
+with the new residual, one pass over the history instead of a full bmm. After the small bordered
+solve (`reference.anderson_solve`), `mix` forms y + βr + Σα_i((X_i − y) + β(R_i − r)) in one pass.
+Both are `reference.anderson_record` and `reference.anderson_mix`, which `SolverState.update` runs
+on the torch backend.
 """
 
 from __future__ import annotations
@@ -20,69 +22,69 @@ BLOCK_N = 128
 """State entries per program step."""
 
 BLOCK_MS = (8, 16)
-"""History tiles shipped: the history length M is padded to the next of these."""
+"""History tiles shipped: the history length M is padded to the next of these (16 = the server's cap on m)."""
 
 
 @triton.jit
-def gram_row_kernel(
-    y_ptr, gy_ptr, x_ptr, f_ptr, gram_ptr, slot_ptr, n, hist, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+def record_kernel(
+    y_ptr, gy_ptr, hist_ptr, gram_ptr, slot_ptr, n, slots, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 ):
-    """Row pid: X[slot] = y, F[slot] = G(y); gram[slot, j] = gram[j, slot] = r_slot · r_j for j < M."""
+    """Row pid: X[slot] = y, R[slot] = G(y) − y; gram[slot, j] = gram[j, slot] = R_slot · R_j, j < M."""
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + b)
     ms = tl.arange(0, BLOCK_M)
-    old = (ms < hist) & (ms != slot)
+    used = ms < slots
+    row = hist_ptr + b * slots * 2 * n
     dots = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for c0 in range(0, n, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < n
         y = tl.load(y_ptr + b * n + cols, mask=cmask, other=0.0)
         gy = tl.load(gy_ptr + b * n + cols, mask=cmask, other=0.0)
-        tl.store(x_ptr + (b * hist + slot) * n + cols, y, mask=cmask)
-        tl.store(f_ptr + (b * hist + slot) * n + cols, gy, mask=cmask)
-        r_new = (gy - y).to(tl.float32)
-        hoffs = (b * hist + ms[:, None]) * n + cols[None, :]
-        hmask = old[:, None] & cmask[None, :]
-        xs = tl.load(x_ptr + hoffs, mask=hmask, other=0.0)
-        fs = tl.load(f_ptr + hoffs, mask=hmask, other=0.0)
-        r = tl.where((ms == slot)[:, None], r_new[None, :], (fs - xs).to(tl.float32))
-        dots += tl.sum(r * r_new[None, :], axis=1)
-    gmask = ms < hist
-    tl.store(gram_ptr + (b * hist + slot) * hist + ms, dots, mask=gmask)
-    tl.store(gram_ptr + (b * hist + ms) * hist + slot, dots, mask=gmask)
+        r = (gy.to(tl.float32) - y.to(tl.float32)).to(y.dtype)  # rounded to the state's dtype, as torch's
+        tl.store(row + slot * 2 * n + cols, y, mask=cmask)
+        tl.store(row + slot * 2 * n + n + cols, r, mask=cmask)
+        r32 = r.to(tl.float32)
+        others = (used & (ms != slot))[:, None] & cmask[None, :]
+        rs = tl.load(row + ms[:, None] * 2 * n + n + cols[None, :], mask=others, other=0.0)
+        rs = tl.where((ms == slot)[:, None], r32[None, :], rs.to(tl.float32))
+        dots += tl.sum(rs * r32[None, :], axis=1)
+    g = dots.to(tl.float64)
+    tl.store(gram_ptr + (b * slots + slot) * slots + ms, g, mask=used)
+    tl.store(gram_ptr + (b * slots + ms) * slots + slot, g, mask=used)
 
 
 @triton.jit
 def mix_kernel(
     y_ptr,
     gy_ptr,
-    x_ptr,
-    f_ptr,
+    hist_ptr,
     alpha_ptr,
-    ok_ptr,
     beta_ptr,
     out_ptr,
     n,
-    hist,
+    slots,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Row pid_0, columns pid_1·BLOCK_N:…: lerp(Σα X, Σα F, β) where ok, else lerp(y, G(y), β)."""
+    """Row pid_0, columns pid_1·BLOCK_N…: y + βr + Σα_i((X_i − y) + β(R_i − r)), r = G(y) − y."""
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < n
     ms = tl.arange(0, BLOCK_M)
+    used = ms < slots
     beta = tl.load(beta_ptr + b).to(tl.float32)
-    y = tl.load(y_ptr + b * n + cols, mask=cmask, other=0.0).to(tl.float32)
+    y_st = tl.load(y_ptr + b * n + cols, mask=cmask, other=0.0)
+    y = y_st.to(tl.float32)
     gy = tl.load(gy_ptr + b * n + cols, mask=cmask, other=0.0).to(tl.float32)
-    alpha = tl.load(alpha_ptr + b * hist + ms, mask=ms < hist, other=0.0)
-    alpha = alpha.to(x_ptr.dtype.element_ty).to(tl.float32)
-    hoffs = (b * hist + ms[:, None]) * n + cols[None, :]
-    hmask = (ms < hist)[:, None] & cmask[None, :]
-    mixed_x = tl.sum(alpha[:, None] * tl.load(x_ptr + hoffs, mask=hmask, other=0.0).to(tl.float32), axis=0)
-    mixed_f = tl.sum(alpha[:, None] * tl.load(f_ptr + hoffs, mask=hmask, other=0.0).to(tl.float32), axis=0)
-    ok = tl.load(ok_ptr + b) != 0
-    out = tl.where(ok, lerp(mixed_x, mixed_f, beta), lerp(y, gy, beta))
+    r = (gy - y).to(y_st.dtype).to(tl.float32)
+    alpha = tl.load(alpha_ptr + b * slots + ms, mask=used, other=0.0).to(y_st.dtype).to(tl.float32)
+    offs = (b * slots + ms[:, None]) * 2 * n + cols[None, :]
+    hmask = used[:, None] & cmask[None, :]
+    xs = tl.load(hist_ptr + offs, mask=hmask, other=0.0).to(tl.float32)
+    rs = tl.load(hist_ptr + offs + n, mask=hmask, other=0.0).to(tl.float32)
+    terms = tl.where(hmask, (xs - y[None, :]) + beta * (rs - r[None, :]), 0.0)
+    out = lerp(y, gy, beta) + tl.sum(alpha[:, None] * terms, axis=0)
     tl.store(out_ptr + b * n + cols, out.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -94,32 +96,28 @@ def block_m(hist: int) -> int:
     raise ValueError(f"Anderson kernels take a history of at most {BLOCK_MS[-1]}, got {hist}")
 
 
-def gram_row(
+def record(
     y: torch.Tensor,
     gy: torch.Tensor,
-    hist_x: torch.Tensor,
-    hist_f: torch.Tensor,
+    hist: torch.Tensor,
     gram: torch.Tensor,
     slot: torch.Tensor,
     *,
     block_n: int = BLOCK_N,
 ) -> None:
-    """reference.anderson_gram_row in one launch; history (B, M, n) and gram (B, M, M) fp32, contiguous."""
-    if not (hist_x.is_contiguous() and hist_f.is_contiguous() and gram.is_contiguous()):
-        raise ValueError(
-            "the Anderson history and Gram matrix must be contiguous (they are updated in place)"
-        )
-    b, hist, n = hist_x.shape
-    gram_row_kernel[(b,)](
+    """reference.anderson_record in one launch; hist (B, M, 2n) and gram (B, M, M) fp64 contiguous."""
+    if not (hist.is_contiguous() and gram.is_contiguous()) or gram.dtype != torch.float64:
+        raise ValueError("the Anderson history and fp64 Gram matrix must be contiguous (updated in place)")
+    b, slots, two_n = hist.shape
+    record_kernel[(b,)](
         y.contiguous(),
         gy.contiguous(),
-        hist_x,
-        hist_f,
-        gram,
-        slot,
-        n,
         hist,
-        BLOCK_M=block_m(hist),
+        gram,
+        slot.contiguous(),
+        two_n // 2,
+        slots,
+        BLOCK_M=block_m(slots),
         BLOCK_N=block_n,
     )
 
@@ -127,29 +125,26 @@ def gram_row(
 def mix(
     y: torch.Tensor,
     gy: torch.Tensor,
-    hist_x: torch.Tensor,
-    hist_f: torch.Tensor,
+    hist: torch.Tensor,
     alpha: torch.Tensor,
-    ok: torch.Tensor,
     beta: torch.Tensor,
     *,
     block_n: int = BLOCK_N,
 ) -> torch.Tensor:
     """reference.anderson_mix in one launch."""
-    b, hist, n = hist_x.shape
+    b, slots, two_n = hist.shape
+    n = two_n // 2
     out = torch.empty_like(y, memory_format=torch.contiguous_format)
     mix_kernel[(b, triton.cdiv(n, block_n))](
         y.contiguous(),
         gy.contiguous(),
-        hist_x,
-        hist_f,
+        hist.contiguous(),
         alpha.float().contiguous(),
-        ok,
         beta.reshape(b).contiguous(),
         out,
         n,
-        hist,
-        BLOCK_M=block_m(hist),
+        slots,
+        BLOCK_M=block_m(slots),
         BLOCK_N=block_n,
     )
     return out
@@ -160,15 +155,15 @@ def shipped() -> list[Shipped]:
     out = []
     for dtype in (torch.float32, torch.bfloat16):
         t = ptr(dtype)
-        grams = {"y_ptr": t, "gy_ptr": t, "x_ptr": t, "f_ptr": t, "gram_ptr": ptr(torch.float32)}
-        grams |= {"slot_ptr": ptr(torch.int64), "n": "i32", "hist": "i32"}
-        mixes = {"y_ptr": t, "gy_ptr": t, "x_ptr": t, "f_ptr": t, "alpha_ptr": ptr(torch.float32)}
-        mixes |= {"ok_ptr": ptr(torch.bool), "beta_ptr": t, "out_ptr": t, "n": "i32", "hist": "i32"}
+        records = {"y_ptr": t, "gy_ptr": t, "hist_ptr": t, "gram_ptr": ptr(torch.float64)}
+        records |= {"slot_ptr": ptr(torch.int64), "n": "i32", "slots": "i32"}
+        mixes = {"y_ptr": t, "gy_ptr": t, "hist_ptr": t, "alpha_ptr": ptr(torch.float32), "beta_ptr": t}
+        mixes |= {"out_ptr": t, "n": "i32", "slots": "i32"}
         for m in BLOCK_MS:
             constexprs = {"BLOCK_M": m, "BLOCK_N": BLOCK_N}
             sig = dict.fromkeys(constexprs, "constexpr")
             out.append(
-                Shipped(f"gram_row[{t[1:]},m{m}n{BLOCK_N}]", gram_row_kernel, grams | sig, constexprs, 4, 1)
+                Shipped(f"record[{t[1:]},m{m}n{BLOCK_N}]", record_kernel, records | sig, constexprs, 4, 1)
             )
             out.append(Shipped(f"mix[{t[1:]},m{m}n{BLOCK_N}]", mix_kernel, mixes | sig, constexprs, 4, 1))
     return out

@@ -122,33 +122,35 @@ def dense_solver(w: torch.Tensor, backend: Backend, *, steps_per_replay: int = 8
     return solve
 
 
-def anderson_update(
+def anderson_record(
     y: torch.Tensor,
     gy: torch.Tensor,
-    hist_x: torch.Tensor,
-    hist_f: torch.Tensor,
+    hist: torch.Tensor,
     gram: torch.Tensor,
-    count: torch.Tensor,
-    m: torch.Tensor,
+    slot: torch.Tensor,
+    backend: Backend,
+) -> None:
+    """`reference.anderson_record`: each row's newest iterate and residual into its history slot, and
+    that slot's row and column of the Gram matrix, in place."""
+    if backend == "torch":
+        reference.anderson_record(y, gy, hist, gram, slot)
+        return
+    from kernels import anderson
+
+    anderson.record(y, gy, hist, gram, slot)
+
+
+def anderson_mix(
+    y: torch.Tensor,
+    gy: torch.Tensor,
+    hist: torch.Tensor,
+    alpha: torch.Tensor,
     beta: torch.Tensor,
     backend: Backend,
-    *,
-    ridge: float,
-    max_weight: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`SolverState.update` with a kept Gram matrix: (y_next, count + 1).
-
-    hist_x, hist_f (B, M, n) and gram (B, M, M) fp32 (`reference.gram_matrix` of the history) are
-    updated in place; m (B,) is each row's history length (0 = Picard), beta (B, 1) its damping.
-    """
+) -> torch.Tensor:
+    """`reference.anderson_mix`: the new iterate from the history and the weights α."""
     if backend == "torch":
-        gram_row, mix = reference.anderson_gram_row, reference.anderson_mix
-    else:
-        from kernels import anderson
+        return reference.anderson_mix(y, gy, hist, alpha, beta)
+    from kernels import anderson
 
-        gram_row, mix = anderson.gram_row, anderson.mix
-    mc = m.clamp(min=1)
-    gram_row(y, gy, hist_x, hist_f, gram, count % mc)
-    count = count + 1
-    alpha, ok = reference.anderson_solve(gram, torch.minimum(count, mc), ridge, max_weight)
-    return mix(y, gy, hist_x, hist_f, alpha, ok & (m > 0), beta), count
+    return anderson.mix(y, gy, hist, alpha, beta)

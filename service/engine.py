@@ -459,8 +459,8 @@ class Engine:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One G-step, solver update and stop decision for the batch: (y_next, abs, rel, code).
 
-        Picard batches of a dense-family model run as one fused kernel when the backend is Triton;
-        everything else runs the torch reference (step, residuals, solver update, decide).
+        Picard batches of a dense-family model run as one fused kernel when the backend is Triton, and
+        Anderson's history update and mixing as two; everything else runs the torch reference.
         """
         dense = self.model.dense_form(self._bctx) if self.backend == "triton" and solver.X is None else None
         if dense is not None:
@@ -472,7 +472,7 @@ class Engine:
             return out.y, out.abs_res, out.rel_res, out.code
         gy = self.model.step(t["y"], self._bctx)
         abs_res, rel_res = residuals(t["y"], gy)
-        y_next = solver.update(t["y"], gy)
+        y_next = solver.update(t["y"], gy, self.backend)
         t["iters"] += 1
         if self._fresh:  # only rows on their first iteration set their first residual
             t["first_res"] = torch.where(t["iters"] == 1, abs_res.double(), t["first_res"])

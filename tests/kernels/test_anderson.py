@@ -1,73 +1,71 @@
-"""Anderson's fused Gram-row update and mixing against the references and SolverState.update."""
+"""Anderson's fused record and mixing against the references, and SolverState.update on both backends."""
 
 from __future__ import annotations
 
 import torch
 
-from kernels import anderson, dispatch, reference
-from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE
+from kernels import anderson, reference
 from service.solvers import SolverState
 from tests.kernels.problems import TOL, dense
 
+B, M, N = 5, 5, 40
+"""5 rows, 5 history slots, 40 state entries: three column steps of 16, the last one partial."""
 
-def _history(device: str, dtype: torch.dtype, b: int = 5, hist: int = 5, n: int = 40) -> list[torch.Tensor]:
+
+def _history(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random history (B, M, 2N) and an iterate y with its image G(y), row 3 of them NaN."""
     g = torch.Generator().manual_seed(3)
-    return [
-        torch.randn(*shape, generator=g).to(device, dtype) for shape in ((b, hist, n),) * 2 + ((b, n),) * 2
-    ]
+    shapes = ((B, M, 2 * N), (B, N), (B, N))
+    hist, y, gy = (torch.randn(*shape, generator=g).to(device, dtype) for shape in shapes)
+    y[3, 7] = torch.nan
+    return hist, y, gy
 
 
-def test_gram_row_matches_reference(case: tuple[str, torch.dtype]) -> None:
+def test_record_matches_reference(case: tuple[str, torch.dtype]) -> None:
     device, dtype = case
-    hx, hf, y, gy = _history(device, dtype)
+    hist, y, gy = _history(device, dtype)
+    hist[2, 3:] = 0.0  # row 2 has written only slots 0-2
     slot = torch.tensor([0, 4, 2, 2, 1], device=device)
-    gram = reference.gram_matrix(hx, hf)
-    want = [t.clone() for t in (hx, hf, gram)]
-    reference.anderson_gram_row(y, gy, *want, slot)
-    anderson.gram_row(y, gy, hx, hf, gram, slot, block_n=16)  # 40 entries: three column steps
-    assert torch.equal(hx, want[0]) and torch.equal(hf, want[1])
-    torch.testing.assert_close(gram, want[2], **TOL[dtype])
-    torch.testing.assert_close(gram, reference.gram_matrix(hx, hf), **TOL[dtype])
+    gram = reference.anderson_gram(hist)
+    want = [t.clone() for t in (hist, gram)]
+    reference.anderson_record(y, gy, *want, slot)
+    anderson.record(y, gy, hist, gram, slot, block_n=16)
+    assert torch.equal(hist.isnan(), want[0].isnan())
+    torch.testing.assert_close(hist, want[0], equal_nan=True, rtol=0, atol=0)
+    tol = TOL[dtype]
+    torch.testing.assert_close(gram, want[1], equal_nan=True, **tol)
+    torch.testing.assert_close(gram, reference.anderson_gram(hist), equal_nan=True, **tol)
+    assert gram[3].isnan().any() and not gram[[0, 1, 2, 4]].isnan().any()  # the NaN row keeps to itself
 
 
 def test_mix_matches_reference(case: tuple[str, torch.dtype]) -> None:
     device, dtype = case
-    hx, hf, y, gy = _history(device, dtype)
-    alpha = torch.softmax(torch.randn(5, 5, generator=torch.Generator().manual_seed(4)), 1).to(device)
-    ok = torch.tensor([True, False, True, True, False], device=device)
-    beta = torch.linspace(0.3, 1.0, 5, device=device).unsqueeze(1).to(dtype)
-    got = anderson.mix(y, gy, hx, hf, alpha, ok, beta, block_n=16)
-    torch.testing.assert_close(got, reference.anderson_mix(y, gy, hx, hf, alpha, ok, beta), **TOL[dtype])
+    hist, y, gy = _history(device, dtype)
+    alpha = torch.softmax(torch.randn(B, M, generator=torch.Generator().manual_seed(4)), 1).to(device)
+    alpha[1] = torch.nn.functional.one_hot(torch.tensor(2), M)  # a Picard row: weight 1 on a slot
+    hist[1, 2] = torch.cat([y[1], gy[1] - y[1]])  # ... that holds this step's iterate
+    beta = torch.linspace(0.3, 1.0, B, device=device).unsqueeze(1).to(dtype)
+    got = anderson.mix(y, gy, hist, alpha, beta, block_n=16)
+    want = reference.anderson_mix(y, gy, hist, alpha, beta)
+    torch.testing.assert_close(got, want, equal_nan=True, **TOL[dtype])
+    torch.testing.assert_close(got[1], reference.picard(y, gy, beta)[1], **TOL[dtype])
+    assert got[3].isnan().any() and not got[[0, 1, 2, 4]].isnan().any()
 
 
-def test_update_matches_solver_state(case: tuple[str, torch.dtype]) -> None:
-    """Six Anderson steps over rows with histories 0 (Picard) to 5: the kept Gram matrix, the
-    fused kernels and the bordered solve give SolverState.update's iterates."""
+def test_update_matches_on_both_backends(case: tuple[str, torch.dtype]) -> None:
+    """Eight steps over rows with histories 0 (Picard) to 5, so that the ring wraps: the fused
+    record and mixing give the torch update's iterates, history and Gram matrix."""
     device, dtype = case
-    p = dense(5, 40, device, dtype, seed=5)
+    p = dense(B, N, device, dtype, seed=5)
     m = [0, 1, 2, 3, 5]
-    state = SolverState.new(p.beta.squeeze(1).tolist(), m, p.y0)
-    assert state.X is not None and state.F is not None
-    hx, hf = state.X.clone(), state.F.clone()
-    gram = reference.gram_matrix(hx, hf)
-    count, mt = state.count.clone(), torch.tensor(m, device=device)
+    states = [SolverState.new(p.beta.squeeze(1).tolist(), m, p.y0) for _ in range(2)]
     y = p.y0
-    for _ in range(6):
+    for _ in range(8):
         gy = reference.dense_step(y, p.w, p.inj)
-        want = state.update(y, gy)
-        got, count = dispatch.anderson_update(
-            y,
-            gy,
-            hx,
-            hf,
-            gram,
-            count,
-            mt,
-            state.beta,
-            "triton",
-            ridge=ANDERSON_RIDGE,
-            max_weight=ANDERSON_MAX_WEIGHT,
-        )
+        want = states[0].update(y, gy, "torch")
+        got = states[1].update(y, gy, "triton")
         torch.testing.assert_close(got, want, **TOL[dtype])
         y = want
-    assert count.tolist() == state.count.tolist()
+    torch.testing.assert_close(states[1].hist, states[0].hist, **TOL[dtype])
+    torch.testing.assert_close(states[1].gram, states[0].gram, **TOL[dtype])
+    assert states[1].count.tolist() == states[0].count.tolist() == [8] * B

@@ -23,20 +23,22 @@ def small_deq(hidden: int = 24, norm: float = 0.8) -> DeqMLP:
     return model.eval()
 
 
-def jobs(model: DeqMLP) -> list[SolveJob]:
+def jobs(model: DeqMLP, m: int) -> list[SolveJob]:
     specs = [([0.1, 0.5, 0.9, 0.3], 1e-2, 200), ([0.7, 0.2, 0.4, 0.6], 1e-5, 200), ([0.5] * 4, 0.0, 9)]
     out = []
     for k, (x, tol, max_iters) in enumerate(specs):
         ctx = model.encode(model.Input(x=x))
         out.append(
-            SolveJob(id=str(k), ctx=ctx, y0=model.init(ctx), max_iters=max_iters, tol=tol, return_state=True)
+            SolveJob(
+                id=str(k), ctx=ctx, y0=model.init(ctx), max_iters=max_iters, tol=tol, m=m, return_state=True
+            )
         )
     return out
 
 
-def run(model: DeqMLP, backend: str) -> list[SolveResult]:
+def run(model: DeqMLP, backend: str, m: int) -> list[SolveResult]:
     engine = Engine(model, backend=backend)  # type: ignore[arg-type]
-    futures = [engine.submit(j) for j in jobs(model)]
+    futures = [engine.submit(j) for j in jobs(model, m)]
     engine.start()
     try:
         return [f.result(120) for f in futures]
@@ -44,12 +46,14 @@ def run(model: DeqMLP, backend: str) -> list[SolveResult]:
         engine.stop()
 
 
-def test_triton_and_torch_backends_agree() -> None:
+@pytest.mark.parametrize("m", [0, 5], ids=["picard", "anderson"])
+def test_triton_and_torch_backends_agree(m: int) -> None:
+    """Picard runs the fused dense step; Anderson the torch G-step with the fused record and mixing."""
     model = small_deq()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
     assert select_backend("triton", device, supported=True) == "triton"
-    fused, plain = run(model, "triton"), run(model, "torch")
+    fused, plain = run(model, "triton", m), run(model, "torch", m)
     assert [r.status for r in fused] == [r.status for r in plain] == ["converged", "converged", "max_iters"]
     assert [r.iterations for r in fused] == [r.iterations for r in plain]
     for f, p in zip(fused, plain, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve, gram_matrix, residuals
+from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve, residuals
 from models.reciprocal import Reciprocal, ReciprocalInput
 from service.solvers import SolverState
 
@@ -65,8 +65,8 @@ def test_residuals_are_abs_and_rel() -> None:
 def test_anderson_weights_sum_to_one_and_flag_bad_rows() -> None:
     r = torch.randn(3, 4, 6, dtype=torch.float64)
     r[1, 2, 0] = torch.nan
-    gram = gram_matrix(torch.zeros_like(r), r)
-    alpha, ok = anderson_solve(gram, torch.tensor([4, 4, 2]), ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    r[2, 2:] = 0.0  # row 2 has written two slots
+    alpha, ok = anderson_solve(r @ r.mT, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
     assert ok.tolist() == [True, False, True]
     torch.testing.assert_close(alpha[[0, 2]].sum(1), torch.ones(2, dtype=torch.float64))
     assert alpha[2, 2:].abs().sum() == 0
@@ -115,8 +115,8 @@ def test_anderson_needs_fewer_g_evaluations_than_picard_on_deq_mlp() -> None:
 
 
 def _gram_of(state: SolverState) -> torch.Tensor:
-    assert state.R is not None
-    r = state.R.double()
+    assert state.hist is not None
+    r = state.hist[:, :, state.hist.shape[2] // 2 :].double()
     return r @ r.mT
 
 
@@ -145,29 +145,34 @@ def test_kept_gram_is_the_residual_gram_through_wraparound_select_concat_and_fit
 def test_picard_rows_concatenated_with_anderson_rows_keep_their_rule() -> None:
     g = torch.Generator().manual_seed(1)
     plain = SolverState.new([0.5], [0], torch.zeros(1, 3))
-    assert plain.hist is None and plain.X is None and plain.F is None
+    assert plain.hist is None and plain.X is None
     state = plain.concat(SolverState.new([1.0], [2], torch.zeros(1, 3)), 3)
     y, gy = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
     torch.testing.assert_close(state.update(y, gy)[0], y[0] + 0.5 * (gy[0] - y[0]))
-    assert state.F is not None
-    torch.testing.assert_close(state.F[:, 0], gy)
+    assert state.hist is not None  # slot 0 holds (y, G(y) − y) of both rows
+    torch.testing.assert_close(state.hist[:, 0], torch.cat([y, gy - y], 1))
 
 
-def test_anderson_solve_without_k_uses_the_written_slots() -> None:
+def test_anderson_solve_uses_the_written_slots() -> None:
+    """Unwritten slots (zero residuals) get weight 0; the written ones get the weights of the same
+    problem posed on them alone."""
     r = torch.randn(3, 5, 7, dtype=torch.float64)
-    k = torch.tensor([5, 2, 1])
-    r[torch.arange(5) >= k.unsqueeze(1)] = 0.0
-    gram = gram_matrix(torch.zeros_like(r), r)
-    a_k, ok_k = anderson_solve(gram, k, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
-    a, ok = anderson_solve(gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
-    assert ok.all() and ok_k.all()
-    torch.testing.assert_close(a, a_k)
+    k = [5, 2, 1]
+    for i, ki in enumerate(k):
+        r[i, ki:] = 0.0
+    a, ok = anderson_solve(r @ r.mT, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    assert ok.all()
+    for i, ki in enumerate(k):
+        ri = r[i : i + 1, :ki]
+        alone, _ = anderson_solve(ri @ ri.mT, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+        torch.testing.assert_close(a[i, :ki], alone[0])
+        assert a[i, ki:].abs().sum() == 0
     assert a[2].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_anderson_weights_minimise_the_mixed_residual() -> None:
     r = torch.randn(2, 4, 9, dtype=torch.float64)
-    alpha, ok = anderson_solve(gram_matrix(torch.zeros_like(r), r), None, 0.0, ANDERSON_MAX_WEIGHT)
+    alpha, ok = anderson_solve(r @ r.mT, 0.0, ANDERSON_MAX_WEIGHT)
     assert ok.all()
     best = (alpha.unsqueeze(1) @ r).norm(dim=2).squeeze(1)
     for _ in range(20):  # any other affine combination has a larger residual
@@ -178,5 +183,5 @@ def test_anderson_weights_minimise_the_mixed_residual() -> None:
 
 def test_anderson_solve_flags_a_gram_that_is_not_positive_definite() -> None:
     gram = torch.tensor([[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
-    _, ok = anderson_solve(gram, None, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
+    _, ok = anderson_solve(gram, ANDERSON_RIDGE, ANDERSON_MAX_WEIGHT)
     assert ok.tolist() == [False, True]
