@@ -207,7 +207,8 @@ class EventStream:
                     final = final | {"dropped": self.dropped}
                 yield [*batch, json.dumps(final)]
                 return
-            yield batch
+            if batch:
+                yield batch
             self._progress = time.monotonic()  # the batch went out: the client reads
             await asyncio.sleep(self._batch_s)
 

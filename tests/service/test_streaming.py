@@ -282,6 +282,7 @@ def test_a_stalled_reader_costs_the_worker_no_wakeups_and_drops_are_exact() -> N
 
 def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
     rate, batch_s, capacity, n = 2000.0, 0.01, 64, 30_000
+    sizes: list[int] = []
 
     async def scenario() -> tuple[EventStream, list[dict], float]:
         stream = EventStream(asyncio.get_running_loop(), capacity, encode_t, rate=rate, batch_s=batch_s)
@@ -289,6 +290,7 @@ def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
 
         async def consume() -> None:
             async for batch in stream.batches():
+                sizes.append(len(batch))
                 got.extend(json.loads(t) for t in batch)
 
         def produce() -> None:
@@ -311,6 +313,7 @@ def test_a_reading_consumer_is_paced_and_woken_at_most_once_per_batch() -> None:
     assert len(iterates) <= capacity + rate * elapsed + capacity  # the burst, the rate, the final flush
     assert stream.wakeups <= elapsed / batch_s + 2
     assert [e["t"] for e in iterates] == sorted({e["t"] for e in iterates}) and iterates[-1]["t"] == n
+    assert min(sizes) > 0 and len(sizes) <= elapsed / batch_s + 2  # no empty batches, one per batch_s
 
 
 def test_a_stream_keeps_y_only_when_its_events_need_it() -> None:
