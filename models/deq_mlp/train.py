@@ -50,9 +50,12 @@ class _DeqTrainer(nn.Module):
         return self.gamma * self.V / (u @ self.V @ v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """readout(y*) for a batch; backward solves gᵀ = gᵀJ + ∂ℓ/∂y* by fixed-point iteration."""
-        w = self.weight()
-        inj = self.inj(x)
+        """readout(y*) for a batch."""
+        return self.readout(self.fixed_point(self.weight(), self.inj(x)))
+
+    def fixed_point(self, w: torch.Tensor, inj: torch.Tensor) -> torch.Tensor:
+        """y* = tanh(y* Wᵀ + inj), found without grad and then stepped once with it; backward solves
+        gᵀ = gᵀJ + ∂ℓ/∂y* by fixed-point iteration (implicit differentiation)."""
         w_fixed, inj_fixed = w.detach(), inj.detach()
         with torch.no_grad():
             y = torch.zeros_like(inj_fixed)
@@ -77,17 +80,18 @@ class _DeqTrainer(nn.Module):
                 return g
 
             y.register_hook(implicit_grad)
-        return self.readout(y)
+        return y
 
     def loss(self, x: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        """The fixed point's loss, plus EARLY_WEIGHT × the loss of each early iterate in EARLY_STEPS.
+        """The fixed point's loss, plus EARLY_WEIGHT × the loss of each early iterate in EARLY_STEPS,
+        all with one W and one injection per step.
 
         Only y* is the model's answer; the early terms (differentiated through the unrolled steps)
         keep the error of y_t falling from the first iterations on, so that every extra iteration
         a request pays for buys accuracy (the fixed point alone left E_2 above E_1 at h = 1024).
         """
-        total = _loss(self(x), y_true)
         w, inj = self.weight(), self.inj(x)
+        total = _loss(self.readout(self.fixed_point(w, inj)), y_true)
         y = torch.zeros_like(inj)
         for t in range(1, max(EARLY_STEPS) + 1):
             y = torch.tanh(y @ w.T + inj)
