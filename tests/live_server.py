@@ -15,7 +15,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from service.server import uvicorn_config
+from service.server import listen, uvicorn_config
 
 
 def free_port() -> int:
@@ -26,11 +26,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and yield its base URL; shut it down afterwards."""
+def live_server(app: FastAPI, send_buffer: int = 0) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 and yield its base URL; shut it down afterwards. A `send_buffer`
+    bounds each connection's kernel send buffer, as `eqserve serve --send-buffer` does."""
     port = free_port()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, "warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets = [listen("127.0.0.1", port, send_buffer)] if send_buffer else None
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

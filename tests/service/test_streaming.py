@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from collections.abc import Iterator
 
@@ -154,6 +155,30 @@ def test_slow_reader_gets_the_result_and_an_honest_dropped_count() -> None:
     assert len(events) - 1 + result["dropped"] == 3000
     ts = [e["t"] for e in events[:-1]]
     assert ts == sorted(ts) and ts[-1] == 3000
+
+
+def test_a_client_that_stops_reading_mutes_its_solve_through_the_sockets() -> None:
+    """End to end over real sockets (4 KiB server send buffer, 4 KiB client receive buffer): the
+    batched sends block on the transport's flow control, the stream mutes its job, and once the
+    client reads again it gets a cancelled result whose events plus `dropped` are every iteration."""
+    app = create_app(Settings(models=[], max_iters_cap=10**8, stream_buffer=64), {"reciprocal": Reciprocal()})
+    with live_server(app, send_buffer=4096) as url:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        with connect(ws_url(url), sock=sock) as ws:
+            engine = app.state.eq.served["reciprocal"].engine
+            ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**7})))
+            deadline = time.monotonic() + 20
+            while not any(row is not None and row.job.stride == MUTED for row in engine._rows):
+                assert time.monotonic() < deadline, "the solve was never muted"
+                time.sleep(0.01)
+            ws.send(json.dumps({"type": "cancel"}))
+            events = drain(ws)
+    result = events[-1]
+    assert result["status"] == "cancelled"
+    assert len(events) - 1 + result["dropped"] == result["iterations"]
+    assert events[-2]["t"] == result["iterations"]  # the last iterate is never dropped
 
 
 def test_bad_request_over_ws_is_an_error_event(server) -> None:
