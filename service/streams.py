@@ -180,15 +180,15 @@ class EventStream:
         """JSON texts of the iterates this leg sends, in order, a batch at a time; the final event
         ends the last batch."""
         burst = float(self._items.maxlen or 1)
-        tokens, last = burst, self._loop.time()
-        seen_t, seen_at = self._last_t, time.monotonic()
+        seen_t, last = self._last_t, time.monotonic()
+        tokens, seen_at = burst, last
         while True:
             await self._ready()
             final = self._final  # read first: once it is set, every iterate of the leg is buffered
+            now = time.monotonic()
             n = len(self._items)
             take = n
             if final is None:
-                now = self._loop.time()
                 tokens = min(burst, tokens + (now - last) * self._rate)
                 last = now
                 take = min(n, int(tokens))
@@ -198,7 +198,6 @@ class EventStream:
                     self._items.popleft()
             batch = [self._encode(self._items.popleft()) for _ in range(take)]
             self.sent += take
-            now = time.monotonic()
             if now - seen_at >= 10 * self._batch_s:  # the solve's speed, over ~50 ms
                 self._pace((self._last_t - seen_t) / (now - seen_at))
                 seen_t, seen_at = self._last_t, now
