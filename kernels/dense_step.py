@@ -22,6 +22,79 @@ from kernels.triton_math import RUNNING, decide, dot, lerp, residuals, square_su
 
 
 @triton.jit
+def _finish(
+    acc,
+    row,
+    slots,
+    active,
+    cols,
+    cmask,
+    pid_b,
+    y_ptr,
+    y_out_ptr,
+    inj_ptr,
+    beta_ptr,
+    tol_ptr,
+    rel_mode_ptr,
+    max_iters_ptr,
+    iters_ptr,
+    iters_out_ptr,
+    first_ptr,
+    first_out_ptr,
+    code_ptr,
+    abs_ptr,
+    rel_ptr,
+    part_ptr,
+    arrivals_ptr,
+    n,
+):
+    """A tile's epilogue from its pre-activation sums `acc` (y Wᵀ): tanh, damping, store, the rows'
+    square sums; the last tile of the row block to arrive takes the rows' decisions."""
+    base = row.to(tl.int64) * n
+    tile = active[:, None] & cmask[None, :]
+    offs = base[:, None] + cols[None, :]
+    g = tanh(acc + tl.load(inj_ptr + offs, mask=tile, other=0.0).to(tl.float32))
+    y = tl.load(y_ptr + offs, mask=tile, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + row, mask=active, other=0.0).to(tl.float32)
+    y_next = lerp(y, g, beta[:, None]).to(y_out_ptr.dtype.element_ty)
+    tl.store(y_out_ptr + offs, y_next, mask=tile)
+    sq_d, sq_g, bad = square_sums(g - y, g, y_next.to(tl.float32), tile)
+    tl.atomic_add(part_ptr + slots * 3, sq_d, mask=active)
+    tl.atomic_add(part_ptr + slots * 3 + 1, sq_g, mask=active)
+    tl.atomic_add(part_ptr + slots * 3 + 2, bad, mask=active)
+    tl.debug_barrier()
+    if tl.atomic_add(arrivals_ptr + pid_b, 1) == tl.num_programs(1) - 1:
+        # Read the totals at the point of coherence (an atomic), then zero them for the next launch.
+        sq_d = tl.atomic_add(part_ptr + slots * 3, 0.0, mask=active)
+        sq_g = tl.atomic_add(part_ptr + slots * 3 + 1, 0.0, mask=active)
+        bad = tl.atomic_add(part_ptr + slots * 3 + 2, 0.0, mask=active)
+        tl.debug_barrier()  # every thread has read before any zeroes
+        tl.store(part_ptr + slots * 3, 0.0, mask=active)
+        tl.store(part_ptr + slots * 3 + 1, 0.0, mask=active)
+        tl.store(part_ptr + slots * 3 + 2, 0.0, mask=active)
+        tl.store(arrivals_ptr + pid_b, 0)
+        abs_res, rel_res = residuals(sq_d, sq_g)
+        iters = tl.load(iters_ptr + row, mask=active, other=0) + 1
+        first = tl.load(first_ptr + row, mask=active, other=0.0)
+        first = tl.where(iters == 1, abs_res.to(tl.float64), first)
+        new_code = decide(
+            abs_res,
+            rel_res,
+            bad == 0,
+            first,
+            iters,
+            tl.load(max_iters_ptr + row, mask=active, other=0),
+            tl.load(tol_ptr + row, mask=active, other=0.0),
+            tl.load(rel_mode_ptr + row, mask=active, other=0) != 0,
+        )
+        tl.store(iters_out_ptr + row, iters, mask=active)
+        tl.store(first_out_ptr + row, first, mask=active)
+        tl.store(code_ptr + row, new_code.to(tl.int64), mask=active)
+        tl.store(abs_ptr + row, abs_res, mask=active)
+        tl.store(rel_ptr + row, rel_res, mask=active)
+
+
+@triton.jit
 def dense_step_kernel(
     y_ptr,
     y_out_ptr,
@@ -42,16 +115,22 @@ def dense_step_kernel(
     num_rows,
     part_ptr,
     arrivals_ptr,
+    split_ptr,
+    split_stride,
+    tile_arrivals_ptr,
     n,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     DOT: tl.constexpr,
     BF16_DOT: tl.constexpr,
 ):
-    """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…"""
+    """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…, over the
+    pid_k-th of SPLIT_K slices of the inner dimension (their sums meet in `split_ptr`)."""
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     slots = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     row = tl.load(rows_ptr + slots, mask=slots < num_rows, other=-1)
     code = tl.load(code_ptr + row, mask=row >= 0, other=-1)
@@ -63,8 +142,10 @@ def dense_step_kernel(
         base = row.to(tl.int64) * n
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < n
+        span = tl.cdiv(tl.cdiv(n, SPLIT_K), BLOCK_K) * BLOCK_K
+        k_lo = pid_k * span
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, n, BLOCK_K):
+        for k0 in range(k_lo, tl.minimum(k_lo + span, n), BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < n
             yk = tl.load(
@@ -85,53 +166,57 @@ def dense_step_kernel(
                     other=0.0,
                 )
                 acc += tl.sum(yk.to(tl.float32)[:, None, :] * wk.to(tl.float32)[None, :, :], axis=2)
-        tile = active[:, None] & cmask[None, :]
-        offs = base[:, None] + cols[None, :]
-        g = tanh(acc + tl.load(inj_ptr + offs, mask=tile, other=0.0).to(tl.float32))
-        y = tl.load(y_ptr + offs, mask=tile, other=0.0).to(tl.float32)
-        beta = tl.load(beta_ptr + row, mask=active, other=0.0).to(tl.float32)
-        y_next = lerp(y, g, beta[:, None]).to(y_out_ptr.dtype.element_ty)
-        tl.store(y_out_ptr + offs, y_next, mask=tile)
-        sq_d, sq_g, bad = square_sums(g - y, g, y_next.to(tl.float32), tile)
-        tl.atomic_add(part_ptr + slots * 3, sq_d, mask=active)
-        tl.atomic_add(part_ptr + slots * 3 + 1, sq_g, mask=active)
-        tl.atomic_add(part_ptr + slots * 3 + 2, bad, mask=active)
-        tl.debug_barrier()
-        if tl.atomic_add(arrivals_ptr + pid_b, 1) == tl.num_programs(1) - 1:
-            # Read the totals at the point of coherence (an atomic), then zero them for the next launch.
-            sq_d = tl.atomic_add(part_ptr + slots * 3, 0.0, mask=active)
-            sq_g = tl.atomic_add(part_ptr + slots * 3 + 1, 0.0, mask=active)
-            bad = tl.atomic_add(part_ptr + slots * 3 + 2, 0.0, mask=active)
-            tl.debug_barrier()  # every thread has read before any zeroes
-            tl.store(part_ptr + slots * 3, 0.0, mask=active)
-            tl.store(part_ptr + slots * 3 + 1, 0.0, mask=active)
-            tl.store(part_ptr + slots * 3 + 2, 0.0, mask=active)
-            tl.store(arrivals_ptr + pid_b, 0)
-            abs_res, rel_res = residuals(sq_d, sq_g)
-            iters = tl.load(iters_ptr + row, mask=active, other=0) + 1
-            first = tl.load(first_ptr + row, mask=active, other=0.0)
-            first = tl.where(iters == 1, abs_res.to(tl.float64), first)
-            new_code = decide(
-                abs_res,
-                rel_res,
-                bad == 0,
-                first,
-                iters,
-                tl.load(max_iters_ptr + row, mask=active, other=0),
-                tl.load(tol_ptr + row, mask=active, other=0.0),
-                tl.load(rel_mode_ptr + row, mask=active, other=0) != 0,
+        epilogue = True
+        if SPLIT_K > 1:
+            # Each slice stores its partial sums; the last slice of the tile to arrive adds them in
+            # slice order (the same rounding whatever the arrival order) and finishes the tile.
+            tile = active[:, None] & cmask[None, :]
+            offs = slots[:, None].to(tl.int64) * n + cols[None, :]
+            tl.store(split_ptr + pid_k * split_stride + offs, acc, mask=tile)
+            tl.debug_barrier()
+            tile_id = pid_b * tl.num_programs(1) + pid_n
+            epilogue = tl.atomic_add(tile_arrivals_ptr + tile_id, 1) == SPLIT_K - 1
+            if epilogue:
+                tl.store(tile_arrivals_ptr + tile_id, 0)
+                acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(SPLIT_K):
+                    acc += tl.load(
+                        split_ptr + s * split_stride + offs, mask=tile, other=0.0, cache_modifier=".cg"
+                    )
+        if epilogue:
+            _finish(
+                acc,
+                row,
+                slots,
+                active,
+                cols,
+                cmask,
+                pid_b,
+                y_ptr,
+                y_out_ptr,
+                inj_ptr,
+                beta_ptr,
+                tol_ptr,
+                rel_mode_ptr,
+                max_iters_ptr,
+                iters_ptr,
+                iters_out_ptr,
+                first_ptr,
+                first_out_ptr,
+                code_ptr,
+                abs_ptr,
+                rel_ptr,
+                part_ptr,
+                arrivals_ptr,
+                n,
             )
-            tl.store(iters_out_ptr + row, iters, mask=active)
-            tl.store(first_out_ptr + row, first, mask=active)
-            tl.store(code_ptr + row, new_code.to(tl.int64), mask=active)
-            tl.store(abs_ptr + row, abs_res, mask=active)
-            tl.store(rel_ptr + row, rel_res, mask=active)
 
 
 @dataclass(frozen=True)
 class StepConfig:
     """Block sizes and launch settings of the fused step; `dot` False takes the multiply-add path
-    (for few rows: no 16-row tl.dot tile of which most rows are padding)."""
+    (for few rows: no 16-row tl.dot tile of which most rows are padding); `split_k` > 1 splits the
+    inner dimension over that many programs per tile (more programs streaming W when rows are few)."""
 
     block_b: int
     block_n: int
@@ -139,12 +224,15 @@ class StepConfig:
     num_warps: int = 4
     num_stages: int = 3
     dot: bool = True
+    split_k: int = 1
 
     @property
     def name(self) -> str:
         """A short label for tables."""
         path = "" if self.dot else "mv"
-        return f"{path}b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+        split = f"x{self.split_k}" if self.split_k > 1 else ""
+        blocks = f"b{self.block_b}n{self.block_n}k{self.block_k}"
+        return f"{path}{blocks}w{self.num_warps}s{self.num_stages}{split}"
 
 
 SMALL_CONFIGS = {
@@ -176,7 +264,7 @@ LARGE_CONFIGS = {
         (None, StepConfig(64, 32, 32, num_warps=8)),
     ),
     True: (
-        (16, StepConfig(16, 32, 256)),
+        (16, StepConfig(16, 32, 256, split_k=2)),
         (None, StepConfig(64, 64, 64, num_warps=8, num_stages=4)),
     ),
 }
@@ -194,6 +282,12 @@ Each fits sm_90 without spills (bench/kernels_aot.py)."""
 
 MIN_BLOCK_B = min(c.block_b for configs in STEP_CONFIGS.values() for c in configs)
 """The smallest row block: scratch is sized for it."""
+
+MIN_BLOCK_N = min(c.block_n for configs in STEP_CONFIGS.values() for c in configs)
+"""The smallest column block: split-K tile counters are sized for it."""
+
+MAX_SPLIT_K = max(c.split_k for configs in STEP_CONFIGS.values() for c in configs)
+"""The most inner-dimension slices a shipped configuration takes."""
 
 MIN_PROGRAMS = 128
 """The small-n rule's goal: about one wave of programs on an H100 (132 SMs) when the shape allows."""
@@ -237,26 +331,44 @@ class StepBuffers:
 
 @dataclass
 class Scratch:
-    """Zeroed partial sums (3 per list slot) and arrival counters (1 per row block); left zeroed."""
+    """Zeroed partial square sums (3 per list slot) and arrival counters (1 per row block), left
+    zeroed; for split-K launches also each slice's pre-activations (split_k × slots × n, fp32,
+    overwritten by every launch) and per-tile arrival counters (left zeroed)."""
 
     part: torch.Tensor
     arrivals: torch.Tensor
+    split: torch.Tensor
+    tile_arrivals: torch.Tensor
 
     @staticmethod
-    def new(slots: int, device: torch.device) -> Scratch:
-        """Scratch for index lists of up to `slots` entries, under any configuration."""
+    def new(slots: int, device: torch.device, n: int = 0, split_k: int = 1) -> Scratch:
+        """Scratch for index lists of up to `slots` entries, under any configuration of at most
+        `split_k` slices for states of size up to `n`."""
         blocks = triton.cdiv(slots, MIN_BLOCK_B)
+        split = split_k > 1
+        tiles = blocks * triton.cdiv(n, MIN_BLOCK_N) if split else 1
         return Scratch(
             torch.zeros(blocks * MIN_BLOCK_B * 3, device=device),
             torch.zeros(blocks, dtype=torch.int32, device=device),
+            torch.empty(split_k * blocks * MIN_BLOCK_B * n if split else 1, device=device),
+            torch.zeros(tiles, dtype=torch.int32, device=device),
         )
 
-    def fits(self, slots: int) -> bool:
-        """Whether this scratch serves index lists of `slots` entries."""
-        return self.arrivals.numel() >= triton.cdiv(slots, MIN_BLOCK_B)
+    def fits(self, slots: int, n: int = 0, split_k: int = 1) -> bool:
+        """Whether this scratch serves index lists of `slots` entries, states of size n and
+        configurations of `split_k` slices."""
+        blocks = triton.cdiv(slots, MIN_BLOCK_B)
+        return self.arrivals.numel() >= blocks and (
+            split_k == 1
+            or (
+                self.split.numel() >= split_k * slots * n
+                and self.tile_arrivals.numel() >= blocks * triton.cdiv(n, MIN_BLOCK_N)
+            )
+        )
 
 
 def _args(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> tuple:
+    n, slots = w.shape[0], buf.rows.numel()
     return (
         buf.y,
         buf.y_out,
@@ -274,10 +386,13 @@ def _args(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> tuple:
         buf.abs_res,
         buf.rel_res,
         buf.rows,
-        buf.rows.numel(),
+        slots,
         scratch.part,
         scratch.arrivals,
-        w.shape[0],
+        scratch.split,
+        slots * n,
+        scratch.tile_arrivals,
+        n,
     )
 
 
@@ -289,16 +404,20 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
     """Launch one fused step with a fixed configuration (`step_config`'s rule unless given)."""
     n, slots = w.shape[0], buf.rows.numel()
     cfg = config or step_config(n, slots, _bf16_dot(w, buf))
-    if cfg.block_b < MIN_BLOCK_B:
+    if cfg.block_b < MIN_BLOCK_B or (cfg.split_k > 1 and cfg.block_n < MIN_BLOCK_N):
         raise ValueError(
-            f"block_b {cfg.block_b} is below MIN_BLOCK_B {MIN_BLOCK_B}, which scratch is sized for"
+            f"blocks {cfg.name} are below MIN_BLOCK_B {MIN_BLOCK_B} / MIN_BLOCK_N {MIN_BLOCK_N},"
+            " which scratch is sized for"
         )
-    grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n))
+    if not scratch.fits(slots, n, cfg.split_k):
+        raise ValueError(f"scratch is too small for {slots} slots, n = {n}, split_k = {cfg.split_k}")
+    grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n), cfg.split_k)
     dense_step_kernel[grid](
         *_args(w, buf, scratch),
         BLOCK_B=cfg.block_b,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
+        SPLIT_K=cfg.split_k,
         DOT=cfg.dot,
         BF16_DOT=_bf16_dot(w, buf),
         num_warps=cfg.num_warps,
@@ -310,7 +429,13 @@ def _autotune(configs: tuple[StepConfig, ...]) -> triton.runtime.Autotuner:
     return triton.autotune(
         configs=[
             triton.Config(
-                {"BLOCK_B": c.block_b, "BLOCK_N": c.block_n, "BLOCK_K": c.block_k, "DOT": c.dot},
+                {
+                    "BLOCK_B": c.block_b,
+                    "BLOCK_N": c.block_n,
+                    "BLOCK_K": c.block_k,
+                    "SPLIT_K": c.split_k,
+                    "DOT": c.dot,
+                },
                 num_warps=c.num_warps,
                 num_stages=c.num_stages,
             )
@@ -328,28 +453,29 @@ def launch_autotuned(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> Non
     """Launch one fused step with the configuration timed fastest for its (rows, n) on this GPU."""
     n, slots = w.shape[0], buf.rows.numel()
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return triton.cdiv(slots, meta["BLOCK_B"]), triton.cdiv(n, meta["BLOCK_N"])
+    if not scratch.fits(slots, n, MAX_SPLIT_K):
+        raise ValueError(f"scratch is too small for {slots} slots, n = {n}, split_k = {MAX_SPLIT_K}")
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(slots, meta["BLOCK_B"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]
 
     bf16 = _bf16_dot(w, buf)
     _autotuned[bf16][grid](*_args(w, buf, scratch), BF16_DOT=bf16)
 
 
-_scratch: dict[tuple[str, int], Scratch] = {}
+_scratch: dict[tuple[str, int, int, int], Scratch] = {}
 _scratch_lock = threading.Lock()
 
 
-def _stream_scratch(device: torch.device, slots: int) -> Scratch:
+def _stream_scratch(device: torch.device, slots: int, n: int, split_k: int) -> Scratch:
     """Scratch shared by the launches of one CUDA stream (they run one after another), or of one
-    thread on the CPU; grown on demand."""
-    if device.type == "cuda":
-        key = (str(device), torch.cuda.current_stream(device).cuda_stream)
-    else:
-        key = (str(device), threading.get_ident())
+    thread on the CPU, per state size and split; grown on demand."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else threading.get_ident()
+    key = (str(device), stream, n, split_k)
     with _scratch_lock:
         s = _scratch.get(key)
-        if s is None or not s.fits(slots):
-            s = _scratch[key] = Scratch.new(slots, device)
+        if s is None or not s.fits(slots, n, split_k):
+            s = _scratch[key] = Scratch.new(slots, device, n, split_k)
         return s
 
 
@@ -387,7 +513,9 @@ def step(
         rows=torch.arange(b, dtype=torch.int32, device=dev),
     )
     w = w.contiguous()
-    scratch = _stream_scratch(dev, b)
+    n = w.shape[0]
+    split_k = MAX_SPLIT_K if tuned else step_config(n, b, _bf16_dot(w, buf)).split_k
+    scratch = _stream_scratch(dev, b, n, split_k)
     if tuned:
         launch_autotuned(w, buf, scratch)
     else:
@@ -419,6 +547,9 @@ def shipped() -> list[Shipped]:
             "num_rows": "i32",
             "part_ptr": ptr(torch.float32),
             "arrivals_ptr": ptr(torch.int32),
+            "split_ptr": ptr(torch.float32),
+            "split_stride": "i32",
+            "tile_arrivals_ptr": ptr(torch.int32),
             "n": "i32",
         }
         bf16 = dtype == torch.bfloat16
@@ -427,6 +558,7 @@ def shipped() -> list[Shipped]:
                 "BLOCK_B": c.block_b,
                 "BLOCK_N": c.block_n,
                 "BLOCK_K": c.block_k,
+                "SPLIT_K": c.split_k,
                 "DOT": c.dot,
                 "BF16_DOT": bf16,
             }

@@ -3,9 +3,12 @@
 One graph per padded batch size (powers of two, as vLLM and SGLang pad their decode batches);
 padding rows get a zero budget, so they stop before their first step and are never stepped. Each
 replay runs K fused steps, which skip rows that have stopped and take every decision on the
-device; the host reads the stop flags once per replay. The state ping-pongs between two buffers
-(K is even), so a row's final state lies in the buffer of its iteration count's parity. Without
-CUDA (TRITON_INTERPRET=1) the same K launches run with no graph.
+device, then reduces the stop codes to one flag that it copies to pinned host memory. The host
+keeps IN_FLIGHT replays queued and reads each flag once its replay is done, so the GPU never waits
+for the host; a batch that has stopped costs at most IN_FLIGHT − 1 replays in which every program
+leaves at once. The state ping-pongs between two buffers (K is even), so a row's final state lies
+in the buffer of its iteration count's parity. Without CUDA (TRITON_INTERPRET=1) the same K
+launches run with no graph.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels.dense_step import Scratch, StepBuffers, StepConfig, launch
+from kernels.dense_step import Scratch, StepBuffers, StepConfig, launch, step_config
 from kernels.reference import SolveOut, Stop
+
+IN_FLIGHT = 2
+"""Replays queued ahead of the host's read of a stop flag."""
 
 
 class _Batch:
@@ -30,7 +36,8 @@ class _Batch:
         config: StepConfig | None,
     ) -> None:
         dev, n = w.device, w.shape[0]
-        self.w, self.k, self.config = w, k, config
+        bf16 = w.dtype == dtype == torch.bfloat16
+        self.w, self.k, self.config = w, k, config or step_config(n, rows, bf16)
         self.ys = torch.zeros(2, rows, n, dtype=dtype, device=dev)
         self.inj = torch.zeros(rows, n, dtype=inj_dtype, device=dev)
         self.beta = torch.ones(rows, device=dev)
@@ -42,7 +49,10 @@ class _Batch:
         self.code = torch.full((rows,), int(Stop.MAX_ITERS), dtype=torch.long, device=dev)
         self.abs_res = torch.full((rows,), float("nan"), device=dev)
         self.rel_res = torch.full((rows,), float("nan"), device=dev)
-        self.scratch = Scratch.new(rows, dev)
+        self.scratch = Scratch.new(rows, dev, n, self.config.split_k)
+        self.any_running = torch.zeros((), dtype=torch.bool, device=dev)
+        self.flags = torch.zeros(IN_FLIGHT, dtype=torch.bool, pin_memory=dev.type == "cuda")
+        self.events = [torch.cuda.Event() for _ in range(IN_FLIGHT)] if dev.type == "cuda" else []
         index = torch.arange(rows, dtype=torch.int32, device=dev)
         self.bufs = [self._buffers(self.ys[i], self.ys[1 - i], index) for i in (0, 1)]
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -75,13 +85,24 @@ class _Batch:
     def _run(self) -> None:
         for i in range(self.k):
             launch(self.w, self.bufs[i % 2], self.scratch, self.config)
+        torch.any(self.code == int(Stop.RUNNING), out=self.any_running)
 
-    def replay(self) -> None:
-        """K more steps of every running row."""
+    def replay(self, slot: int) -> None:
+        """Queue K more steps of every running row; flag `slot` says, once they are done, whether
+        any row still runs."""
         if self.graph is None:
             self._run()
         else:
             self.graph.replay()
+        self.flags[slot].copy_(self.any_running, non_blocking=True)
+        if self.events:
+            self.events[slot].record()
+
+    def running(self, slot: int) -> bool:
+        """Whether any row ran on after the replay that wrote flag `slot` (waits for that replay)."""
+        if self.events:
+            self.events[slot].synchronize()
+        return bool(self.flags[slot])
 
     def load(
         self,
@@ -109,10 +130,6 @@ class _Batch:
         self.first.zero_()
         self.abs_res.fill_(float("nan"))
         self.rel_res.fill_(float("nan"))
-
-    def running(self, b: int) -> bool:
-        """Whether any of the first b rows still runs (one read from the device)."""
-        return bool((self.code[:b] == Stop.RUNNING).any())
 
     def result(self, b: int) -> SolveOut:
         """The first b rows' outcome, copied out of the static buffers."""
@@ -151,15 +168,17 @@ class GraphRunner:
         rel_mode: torch.Tensor,
         max_iters: torch.Tensor,
     ) -> SolveOut:
-        """Solve every row from y0 until its stop code; the host reads the flags once per replay."""
+        """Solve every row from y0 until its stop code; the host reads one flag per replay, IN_FLIGHT
+        replays behind the GPU."""
         b = y0.shape[0]
+        replays = triton.cdiv(int(max_iters.max()), self.k) if b else 0
         key = (triton.next_power_of_2(b), y0.dtype, inj.dtype)
         if key not in self._batches:
             self._batches[key] = _Batch(self.w, key[0], y0.dtype, inj.dtype, self.k, self.config)
         batch = self._batches[key]
         batch.load(y0, inj, beta, tol, rel_mode, max_iters)
-        for _ in range(triton.cdiv(int(max_iters.max()), self.k) if b else 0):
-            batch.replay()
-            if not batch.running(b):
+        for i in range(replays):
+            if i >= IN_FLIGHT and not batch.running(i % IN_FLIGHT):
                 break
+            batch.replay(i % IN_FLIGHT)
         return batch.result(b)

@@ -16,6 +16,12 @@ SMALL = dense_step.StepConfig(16, 16, 16)
 SMALL_MV = dense_step.StepConfig(4, 16, 16, dot=False)
 """The multiply-add path with blocks smaller than the shapes below (15 programs, a K loop of 3)."""
 
+SPLITS = [
+    dense_step.StepConfig(16, 16, 16, split_k=4),
+    dense_step.StepConfig(4, 16, 16, dot=False, split_k=2),
+]
+"""Split-K over n = 40: four slices of 16 (the last has no work, the third a masked tail), and two."""
+
 LARGE = sorted({c for configs in dense_step.LARGE_CONFIGS.values() for _, c in configs if c.dot}, key=str)
 """The large-n dot configurations, on the small shapes below (their blocks cover them: masked tails);
 the multiply-add one runs in test_rule_takes_large_configs_from_large_n, on fewer rows."""
@@ -98,7 +104,7 @@ def test_autotuned_step_matches_reference(dtype: torch.dtype) -> None:
     )
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL_MV, *LARGE], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [SMALL, SMALL_MV, *SPLITS, *LARGE], ids=lambda c: c.name)
 def test_index_list_steps_only_listed_running_rows(
     case: tuple[str, torch.dtype], config: dense_step.StepConfig
 ) -> None:
@@ -111,11 +117,11 @@ def test_index_list_steps_only_listed_running_rows(
     code[8] = Stop.CONVERGED  # listed but already stopped
     stepped = torch.tensor([r for r in listed if r != 8], device=device)
     buf = _list_buffers(a, rows, code)
-    scratch = dense_step.Scratch.new(b, torch.device(device))
+    scratch = dense_step.Scratch.new(b, torch.device(device), a["w"].shape[0], config.split_k)
     for _ in range(2):  # the second launch sees the scratch the first left behind
         buf.code.copy_(code)
         dense_step.launch(a["w"], buf, scratch, config)
-    assert not scratch.part.any() and not scratch.arrivals.any()
+    assert not scratch.part.any() and not scratch.arrivals.any() and not scratch.tile_arrivals.any()
 
     ref = reference.dense_picard_step(**{k: v if k == "w" else v[stepped] for k, v in a.items()})
     got = reference.StepOut(
@@ -146,7 +152,8 @@ def test_rule_takes_large_configs_from_large_n(case: tuple[str, torch.dtype]) ->
     assert config in [c for _, c in dense_step.LARGE_CONFIGS[bf16]] and config.dot == bf16
     rows = torch.tensor(listed, dtype=torch.int32, device=device)
     buf = _list_buffers(a, rows, torch.zeros_like(a["iters"]))
-    dense_step.launch(a["w"], buf, dense_step.Scratch.new(len(listed), torch.device(device)), config)
+    scratch = dense_step.Scratch.new(len(listed), torch.device(device), 40, config.split_k)
+    dense_step.launch(a["w"], buf, scratch, config)
     stepped = torch.tensor(listed[:-1], device=device)
     ref = reference.dense_picard_step(**{k: v if k == "w" else v[stepped] for k, v in a.items()})
     outs = (buf.y_out, buf.abs_res, buf.rel_res, buf.code, buf.iters_out, buf.first_out)
@@ -170,3 +177,6 @@ def test_launch_refuses_blocks_scratch_is_not_sized_for() -> None:
     small = dense_step.StepConfig(dense_step.MIN_BLOCK_B // 2, 16, 16, dot=False)
     with pytest.raises(ValueError, match="MIN_BLOCK_B"):
         dense_step.launch(a["w"], buf, dense_step.Scratch.new(20, torch.device("cpu")), small)
+    split = dense_step.StepConfig(16, 16, 16, split_k=2)
+    with pytest.raises(ValueError, match="split_k = 2"):
+        dense_step.launch(a["w"], buf, dense_step.Scratch.new(20, torch.device("cpu"), 40), split)

@@ -7,12 +7,14 @@ import torch
 
 from kernels import reference
 from kernels.dense_step import StepConfig
-from kernels.graph_runner import GraphRunner
-from tests.kernels.problems import assert_same_solve, solve_case
+from kernels.graph_runner import IN_FLIGHT, GraphRunner, _Batch
+from tests.kernels.problems import assert_same_solve, budgets, dense, solve_case
 
 
 @pytest.mark.parametrize(
-    "config", [StepConfig(16, 16, 16), StepConfig(8, 16, 16, dot=False)], ids=lambda c: c.name
+    "config",
+    [StepConfig(16, 16, 16), StepConfig(8, 16, 16, dot=False), StepConfig(16, 16, 16, split_k=2)],
+    ids=lambda c: c.name,
 )
 def test_runner_matches_reference(case: tuple[str, torch.dtype], config: StepConfig) -> None:
     device, dtype = case
@@ -28,3 +30,19 @@ def test_runner_matches_reference(case: tuple[str, torch.dtype], config: StepCon
 def test_runner_needs_an_even_replay() -> None:
     with pytest.raises(ValueError, match="even"):
         GraphRunner(torch.zeros(4, 4), steps_per_replay=3)
+
+
+def test_runner_stops_queueing_once_every_row_has_stopped(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that converge by iteration 9 under budgets of 200: the host queues the replays up to the
+    one that stops the last row (3 of K = 4) and at most IN_FLIGHT − 1 more, not the budget's 50."""
+    p = dense(4, 24, device, torch.float32, seed=3)
+    bud = budgets(p, [5, 9, 7, 6], [200] * 4)
+    replays: list[int] = []
+    queue = _Batch.replay
+    monkeypatch.setattr(_Batch, "replay", lambda self, slot: (replays.append(slot), queue(self, slot)))
+    runner = GraphRunner(p.w, steps_per_replay=4, config=StepConfig(16, 16, 16))
+    out = runner(p.y0, p.inj, p.beta, bud.tol, bud.rel_mode, bud.max_iters)
+    assert out.iters.tolist() == [5, 9, 7, 6]
+    assert 3 <= len(replays) <= 3 + IN_FLIGHT - 1

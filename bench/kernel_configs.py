@@ -1,0 +1,226 @@
+"""Kernel-only time of fused-step configurations at large n, to choose dense_step.LARGE_CONFIGS (GPU).
+
+For n ∈ {2048, 4096} and a few batch sizes per dtype, every candidate configuration (the shipped
+ones and the split-K grid below) runs 16 fused steps captured in one CUDA graph, no host work in
+between, every row running throughout (tol < 0) on random data; the time per step is the median of
+the graph's replays, timed with CUDA events. Also the fraction of copy bandwidth the step's least
+bytes reach (W once, y read and written, inj read), and the fixed rule's pick against the best.
+Prints a table per shape, then one JSON line. Needs only torch and Triton, and a CUDA device.
+
+    python bench/kernel_configs.py [--budget-s S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import triton
+
+from kernels import dense_step
+from kernels.dense_step import StepConfig
+
+SHAPES = [
+    ("bf16", 4096, 1),
+    ("bf16", 4096, 16),
+    ("fp32", 4096, 1),
+    ("fp32", 4096, 16),
+    ("bf16", 4096, 64),
+    ("bf16", 4096, 256),
+    ("bf16", 2048, 1),
+    ("bf16", 2048, 16),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+STEPS = 16
+"""Fused steps per captured graph."""
+
+FEW_ROWS = [
+    StepConfig(16, bn, bk, num_warps=w, num_stages=s, split_k=x)
+    for bn, bk, w, s in ((32, 256, 4, 3), (64, 128, 4, 3), (32, 128, 4, 4), (16, 256, 4, 3), (64, 256, 8, 3))
+    for x in (1, 2, 4)
+] + [StepConfig(16, 32, 256, num_warps=8, split_k=x) for x in (2, 4)]
+"""Dot-path candidates for up to 16 rows (one row block): column block, K step, warps, stages, slices."""
+
+FEW_ROWS_MV = [
+    StepConfig(4, bn, bk, num_stages=s, dot=False, split_k=x)
+    for bn, bk, s in ((8, 256, 3), (16, 128, 3), (8, 512, 2))
+    for x in (1, 2, 4)
+]
+"""Multiply-add candidates for up to 8 rows in fp32."""
+
+MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x in (1, 2)] + [
+    StepConfig(32, 64, 128, num_warps=4, num_stages=3, split_k=x) for x in (1, 2)
+]
+"""Dot-path candidates for 64 and more rows."""
+
+
+def candidates(dtype: str, rows: int) -> list[StepConfig]:
+    """The configurations to time for a shape: the shipped ones of its dtype and the grid for its rows."""
+    bf16 = dtype == "bf16"
+    grid = (FEW_ROWS + (FEW_ROWS_MV if not bf16 and rows <= 8 else [])) if rows <= 16 else MANY_ROWS
+    return list(dict.fromkeys([*dense_step.STEP_CONFIGS[bf16], *grid]))
+
+
+class Shape:
+    """Weights, state and per-row settings of one shape, under which no row ever stops."""
+
+    def __init__(self, dtype: torch.dtype, n: int, b: int) -> None:
+        g = torch.Generator(device="cuda").manual_seed(n + b)
+        self.n, self.b = n, b
+        self.w = (torch.randn(n, n, generator=g, device="cuda") * (0.3 / math.sqrt(n))).to(dtype)
+        self.ys = [(torch.randn(b, n, generator=g, device="cuda") * 0.5).to(dtype) for _ in (0, 1)]
+        self.inj = (torch.randn(b, n, generator=g, device="cuda") * 0.5).to(dtype)
+        self.beta = torch.full((b,), 0.9, dtype=dtype, device="cuda")
+        self.tol = torch.full((b,), -1.0, dtype=torch.float64, device="cuda")
+        self.rel_mode = torch.zeros(b, dtype=torch.bool, device="cuda")
+        self.max_iters = torch.full((b,), 2**40, device="cuda")
+        self.iters = torch.zeros(b, dtype=torch.long, device="cuda")
+        self.first = torch.zeros(b, dtype=torch.float64, device="cuda")
+        self.code = torch.zeros(b, dtype=torch.long, device="cuda")
+        self.res = [torch.empty(b, device="cuda") for _ in (0, 1)]
+        self.rows = torch.arange(b, dtype=torch.int32, device="cuda")
+
+    def buffers(self, i: int) -> dense_step.StepBuffers:
+        """The step from ys[i] to ys[1 − i]."""
+        return dense_step.StepBuffers(
+            y=self.ys[i],
+            y_out=self.ys[1 - i],
+            inj=self.inj,
+            beta=self.beta,
+            tol=self.tol,
+            rel_mode=self.rel_mode,
+            max_iters=self.max_iters,
+            iters=self.iters,
+            iters_out=self.iters,
+            first_res=self.first,
+            first_out=self.first,
+            code=self.code,
+            abs_res=self.res[0],
+            rel_res=self.res[1],
+            rows=self.rows,
+        )
+
+    def min_bytes(self) -> int:
+        """W once, y read and written, inj read."""
+        e = self.w.element_size()
+        return self.n * self.n * e + 3 * self.b * self.n * e
+
+
+def step_us(s: Shape, config: StepConfig) -> float:
+    """Median µs per fused step over the replays of a graph of STEPS steps."""
+    scratch = dense_step.Scratch.new(s.b, s.w.device, s.n, config.split_k)
+    bufs = [s.buffers(0), s.buffers(1)]
+
+    def steps() -> None:
+        for i in range(STEPS):
+            dense_step.launch(s.w, bufs[i % 2], scratch, config)
+
+    steps()  # compile and load
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        steps()
+    graph.replay()
+    times = []
+    for _ in range(15):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / STEPS)
+    if not (s.code == 0).all():
+        raise RuntimeError("a row stopped while being timed")
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 256 MiB device copy (read + write), median of 10."""
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return 2 * src.numel() / statistics.median(times)
+
+
+def main() -> int:
+    """Time every candidate on every shape; print the tables and the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=240.0, help="skip the shapes left after this long")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA device", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    bandwidth = copy_bandwidth()
+    report = []
+    for dname, n, b in SHAPES:
+        if time.perf_counter() - start > args.budget_s:
+            report.append({"dtype": dname, "n": n, "B": b, "skipped": "time budget spent"})
+            continue
+        s = Shape(DTYPES[dname], n, b)
+        rule = dense_step.step_config(n, b, dname == "bf16")
+        times: dict[str, float] = {}
+        failed: dict[str, str] = {}
+        for c in candidates(dname, b):
+            try:
+                times[c.name] = round(step_us(s, c), 2)
+            except Exception as exc:  # a configuration that does not fit must not lose the others
+                failed[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        best = min(times, key=times.__getitem__)
+        row = {
+            "dtype": dname,
+            "n": n,
+            "B": b,
+            "us": times,
+            "failed": failed,
+            "best": best,
+            "best_roofline": round(s.min_bytes() / (times[best] * 1e-6) / bandwidth, 3),
+            "rule": rule.name,
+            "rule_roofline": round(s.min_bytes() / (times[rule.name] * 1e-6) / bandwidth, 3)
+            if rule.name in times
+            else None,
+        }
+        report.append(row)
+        print(f"\n{dname} n={n} B={b}  (rule {rule.name})")
+        for name, us in sorted(times.items(), key=lambda kv: kv[1]):
+            roof = s.min_bytes() / (us * 1e-6) / bandwidth
+            mark = "  <- rule" if name == rule.name else ""
+            print(f"  {name:28} {us:9.2f} µs  roof {roof:5.2f}{mark}")
+        for name, why in failed.items():
+            print(f"  {name:28} failed: {why}")
+        del s
+        torch.cuda.empty_cache()
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "triton": triton.__version__,
+                "copy_GBps": round(bandwidth / 1e9, 1),
+                "steps_per_graph": STEPS,
+                "shapes": report,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
