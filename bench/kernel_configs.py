@@ -32,32 +32,40 @@ SHAPES = [
     ("bf16", 4096, 1),
     ("bf16", 4096, 16),
     ("fp32", 4096, 1),
-    ("fp32", 4096, 16),
     ("bf16", 4096, 64),
     ("bf16", 4096, 256),
     ("bf16", 2048, 1),
-    ("bf16", 2048, 16),
+    ("bf16", 2048, 64),
+    ("fp32", 2048, 1),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEPS = 16
 """Fused steps per captured graph."""
 
 FEW_ROWS = [
-    StepConfig(16, bn, bk, num_warps=w, num_stages=s, split_k=x)
-    for bn, bk, w, s in ((32, 256, 4, 3), (64, 128, 4, 3), (32, 128, 4, 4), (16, 256, 4, 3), (64, 256, 8, 3))
-    for x in (1, 2, 4)
-] + [StepConfig(16, 32, 256, num_warps=8, split_k=x) for x in (2, 4)]
-"""Dot-path candidates for up to 16 rows (one row block): column block, K step, warps, stages, slices."""
+    StepConfig(16, bn, bk, num_warps=w, num_stages=st, split_k=x)
+    for bn, bk, w, st, x in (
+        (64, 128, 4, 3, 2),
+        (64, 128, 4, 3, 4),
+        (64, 128, 4, 3, 8),
+        (64, 256, 8, 3, 2),
+        (64, 256, 8, 3, 4),
+        (32, 128, 4, 4, 4),
+        (32, 256, 4, 3, 4),
+        (128, 128, 8, 3, 4),
+    )
+]
+"""Dot-path candidates for up to 16 rows (one row block): column block, K step, warps, stages, slices
+(the leaders of a wider grid timed on an H200, and their neighbours)."""
 
 FEW_ROWS_MV = [
-    StepConfig(4, bn, bk, num_stages=s, dot=False, split_k=x)
-    for bn, bk, s in ((8, 256, 3), (16, 128, 3), (8, 512, 2))
-    for x in (1, 2, 4)
+    StepConfig(4, bn, bk, num_stages=2, dot=False, split_k=x)
+    for bn, bk, x in ((8, 512, 2), (8, 512, 4), (8, 512, 8), (16, 512, 4), (8, 1024, 4))
 ]
 """Multiply-add candidates for up to 8 rows in fp32."""
 
-MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x in (1, 2)] + [
-    StepConfig(32, 64, 128, num_warps=4, num_stages=3, split_k=x) for x in (1, 2)
+MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x in (1, 2, 4)] + [
+    StepConfig(64, 128, 64, num_warps=8, num_stages=3, split_k=2)
 ]
 """Dot-path candidates for 64 and more rows."""
 

@@ -1,9 +1,11 @@
 """Time per iteration of the dense kernels against eager torch, torch with CUDA graphs and torch.compile.
 
 For n ∈ {64 … 4096}, B ∈ {1, 16, 64, 256}, fp32 and bf16, in one run: the fused step (one launch
-per iteration), the persistent solve (n ≤ 128 bf16 / 64 fp32, one launch for all iterations), the
-CUDA-graph runner (K steps per replay), against the engine's tick in eager torch, the same captured
-in a CUDA graph, and torch.compile of it. No row converges (tol < 0), so every row runs every
+per iteration; and K launches captured in a CUDA graph, fused_graph, replayed as torch_graph is),
+the persistent solve (n ≤ 128 bf16 / 64 fp32, one launch for all iterations), the CUDA-graph runner
+(K steps per replay, a stop flag read per replay, the batch loaded and its result read), against
+the engine's tick in eager torch, the same captured in a CUDA graph (torch_graph), and
+torch.compile of it. No row converges (tol < 0), so every row runs every
 iteration: 64 per solve, 128 from n = 2048 on (where a solve's fixed setup, loading the batch
 and reading the result, would otherwise weigh on the graph runner's time per iteration). Also the
 fraction of the memory roofline reached: the least bytes an iteration moves (W once, y read and
@@ -37,6 +39,9 @@ BS = (1, 16, 64, 256)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 K = 8
 """Steps per CUDA-graph replay, for the runner and the captured torch tick alike."""
+
+TRITON_METHODS = ("fused", "fused_tuned", "fused_graph", "persistent", "graph")
+"""Our methods; the roofline fraction of a shape is the best of theirs (its method named)."""
 
 GOALS = {"fused_vs_eager_upto_1024": 3.0, "persistent_vs_eager_upto_128": 10.0, "roofline_at_4096": 0.8}
 """The H100 goals: speedups per iteration over eager torch, and the fraction of copy bandwidth."""
@@ -137,14 +142,7 @@ def torch_graph(c: Case) -> Callable[[], None]:
             iters.copy_(it)
             first.copy_(f)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        ticks()  # warm up off the capture (allocator, cuBLAS workspaces)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ticks()
+    graph = captured(ticks)
 
     def run() -> None:
         for _ in range(c.iters // K):
@@ -153,13 +151,29 @@ def torch_graph(c: Case) -> Callable[[], None]:
     return run
 
 
+def captured(ticks: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """`ticks` captured in one CUDA graph, after a warm-up off the capture (allocator, cuBLAS workspaces,
+    kernel compilation)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ticks()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ticks()
+    return graph
+
+
 def bf16_dot(c: Case) -> bool:
     """Whether the step takes the bf16 dot (bf16 state and weights)."""
     return c.dtype == torch.bfloat16
 
 
-def fused(c: Case, tuned: bool) -> Callable[[], None]:
-    """c.iters launches of the fused step over every row, the state ping-ponging between two buffers."""
+def fused(c: Case, tuned: bool, graph: bool = False) -> Callable[[], None]:
+    """c.iters launches of the fused step over every row, the state ping-ponging between two buffers;
+    with `graph`, K of them captured in a CUDA graph and replayed c.iters / K times, as torch_graph
+    replays the eager tick (the step's own time, without the graph runner's per-replay host work)."""
     dev = c.w.device
     ys = [c.y0.clone(), c.y0.clone()]
     it, first = torch.zeros_like(c.max_iters), torch.zeros_like(c.tol)
@@ -190,12 +204,21 @@ def fused(c: Case, tuned: bool) -> Callable[[], None]:
     scratch = dense_step.Scratch.new(c.b, dev, c.n, split_k)
     launch = dense_step.launch_autotuned if tuned else dense_step.launch
 
+    def steps(count: int) -> None:
+        for i in range(count):
+            launch(c.w, bufs[i % 2], scratch)
+
+    replay = captured(lambda: steps(K)).replay if graph else None
+
     def run() -> None:
         it.zero_()
         first.zero_()
         code.zero_()
-        for i in range(c.iters):
-            launch(c.w, bufs[i % 2], scratch)
+        if replay is None:
+            steps(c.iters)
+            return
+        for _ in range(c.iters // K):
+            replay()
 
     return run
 
@@ -216,13 +239,14 @@ def copy_bandwidth(device: torch.device) -> float:
 def methods(
     c: Case, device: torch.device, autotune: bool
 ) -> dict[str, Callable[[], Callable[[], None]] | str]:
-    """Each method's builder, or why it does not apply."""
+    """Each method's builder, or why it does not apply; torch.compile last, so that a recompile's
+    work (a new shape can trigger one) is over before the next shape's timings."""
     cuda = device.type == "cuda"
     out: dict[str, Callable[[], Callable[[], None]] | str] = {
         "eager": lambda: eager(c),
         "torch_graph": (lambda: torch_graph(c)) if cuda else "needs CUDA",
-        "compile": (lambda: eager(c, compiled_tick)) if cuda else "needs CUDA",
         "fused": lambda: fused(c, tuned=False),
+        "fused_graph": (lambda: fused(c, tuned=False, graph=True)) if cuda else "needs CUDA",
         "persistent": (
             (lambda: solver(c, lambda *a: persistent.solve(a[0], c.w, *a[1:])))
             if persistent.fits(c.n, c.w.dtype, c.y0.dtype)
@@ -232,6 +256,7 @@ def methods(
     }
     if autotune:
         out["fused_tuned"] = (lambda: fused(c, tuned=True)) if cuda else "needs CUDA"
+    out["compile"] = (lambda: eager(c, compiled_tick)) if cuda else "needs CUDA"
     return out
 
 
@@ -264,14 +289,14 @@ def main() -> int:
             except Exception as exc:  # one method failing must not lose the others' numbers
                 row["skipped"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         print(f"[{time.perf_counter() - start:6.1f} s] {dname} n={n} B={b}: {row['us']}", file=sys.stderr)
-        triton_us = {
-            k: v for k, v in row["us"].items() if k in ("fused", "fused_tuned", "persistent", "graph")
-        }
+        triton_us = {k: v for k, v in row["us"].items() if k in TRITON_METHODS}
         if "eager" in row["us"]:
             row["speedup"] = {k: round(row["us"]["eager"] / v, 2) for k, v in triton_us.items()}
         if triton_us:
-            best = min(triton_us.values())
-            row["roofline"] = round(c.min_bytes() / (best * 1e-6) / bandwidth, 3)
+            roof = {k: round(c.min_bytes() / (v * 1e-6) / bandwidth, 3) for k, v in triton_us.items()}
+            row["roofline_by"] = roof
+            row["roofline_of"] = max(roof, key=roof.__getitem__)
+            row["roofline"] = roof[row["roofline_of"]]
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
         "torch": torch.__version__,
@@ -309,11 +334,11 @@ def goals(rows: list[dict]) -> dict[str, dict]:
 
 def print_table(rows: list[dict]) -> None:
     """µs per iteration per method, speedups over eager, roofline fraction."""
-    cols = ["eager", "torch_graph", "compile", "fused", "persistent", "graph"]
+    cols = ["eager", "torch_graph", "compile", "fused", "fused_graph", "persistent", "graph"]
     print(
         f"{'dtype':5} {'n':>5} {'B':>4} "
         + " ".join(f"{c:>11}" for c in cols)
-        + "   ×fused  ×pers ×graph  roof"
+        + "   ×fused  ×pers ×graph  roof (of)"
     )
     for r in rows:
         us = " ".join(f"{r['us'][c]:>11.1f}" if c in r["us"] else f"{'-':>11}" for c in cols)
@@ -321,7 +346,7 @@ def print_table(rows: list[dict]) -> None:
         ratios = " ".join(
             f"{sp[c]:>6.1f}" if c in sp else f"{'-':>6}" for c in ("fused", "persistent", "graph")
         )
-        roof = f"{r['roofline']:>5.2f}" if "roofline" in r else f"{'-':>5}"
+        roof = f"{r['roofline']:>5.2f} ({r['roofline_of']})" if "roofline" in r else f"{'-':>5}"
         print(f"{r['dtype']:5} {r['n']:>5} {r['B']:>4} {us}  {ratios} {roof}")
     for r in rows:
         for method, why in r["skipped"].items():

@@ -59,15 +59,18 @@ def _finish(
     y_next = lerp(y, g, beta[:, None]).to(y_out_ptr.dtype.element_ty)
     tl.store(y_out_ptr + offs, y_next, mask=tile)
     sq_d, sq_g, bad = square_sums(g - y, g, y_next.to(tl.float32), tile)
-    tl.atomic_add(part_ptr + slots * 3, sq_d, mask=active)
-    tl.atomic_add(part_ptr + slots * 3 + 1, sq_g, mask=active)
-    tl.atomic_add(part_ptr + slots * 3 + 2, bad, mask=active)
+    # Relaxed adds, so that they do not wait for one another: the barrier and the arrival's release
+    # order them before the last program's acquire, as a split-K semaphore does.
+    tl.atomic_add(part_ptr + slots * 3, sq_d, mask=active, sem="relaxed")
+    tl.atomic_add(part_ptr + slots * 3 + 1, sq_g, mask=active, sem="relaxed")
+    tl.atomic_add(part_ptr + slots * 3 + 2, bad, mask=active, sem="relaxed")
     tl.debug_barrier()
     if tl.atomic_add(arrivals_ptr + pid_b, 1) == tl.num_programs(1) - 1:
-        # Read the totals at the point of coherence (an atomic), then zero them for the next launch.
-        sq_d = tl.atomic_add(part_ptr + slots * 3, 0.0, mask=active)
-        sq_g = tl.atomic_add(part_ptr + slots * 3 + 1, 0.0, mask=active)
-        bad = tl.atomic_add(part_ptr + slots * 3 + 2, 0.0, mask=active)
+        # Read the totals at the point of coherence (relaxed atomics, after the arrival's acquire),
+        # then zero them for the next launch.
+        sq_d = tl.atomic_add(part_ptr + slots * 3, 0.0, mask=active, sem="relaxed")
+        sq_g = tl.atomic_add(part_ptr + slots * 3 + 1, 0.0, mask=active, sem="relaxed")
+        bad = tl.atomic_add(part_ptr + slots * 3 + 2, 0.0, mask=active, sem="relaxed")
         tl.debug_barrier()  # every thread has read before any zeroes
         tl.store(part_ptr + slots * 3, 0.0, mask=active)
         tl.store(part_ptr + slots * 3 + 1, 0.0, mask=active)
@@ -258,20 +261,22 @@ LARGE_N = 2048
 
 LARGE_CONFIGS = {
     False: (
-        (8, StepConfig(4, 8, 256, dot=False)),
+        (8, StepConfig(4, 8, 512, num_stages=2, dot=False, split_k=4)),
         (16, StepConfig(16, 16, 64, num_stages=4)),
         (64, StepConfig(32, 32, 32)),
         (None, StepConfig(64, 32, 32, num_warps=8)),
     ),
     True: (
-        (16, StepConfig(16, 32, 256, split_k=2)),
+        (16, StepConfig(16, 64, 128, split_k=4)),
+        (64, StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=2)),
         (None, StepConfig(64, 64, 64, num_warps=8, num_stages=4)),
     ),
 }
-"""(most rows, configuration) for n ≥ LARGE_N, first match (None: any number), timed on an H200 at
-n = 2048 and 4096: wide K steps keep 16–32 KB of W in flight per program; in fp32, up to 8 rows take
-the multiply-add path (the FMA-unit 16-row dot is 3× slower there), more rows the small-n tiles (their
-dot is bound by the FMA units, not by memory)."""
+"""(most rows, configuration) for n ≥ LARGE_N, first match (None: any number), chosen by
+bench/kernel_configs.py on an H200 at n = 2048 and 4096: few rows split the inner dimension (4 slices
+of 64 × 1024 of W per tile: ~2 programs per SM streaming W, where one per SM left bandwidth unused);
+in fp32, up to 8 rows take the multiply-add path with wide K steps (the FMA-unit 16-row dot is 3×
+slower there), more rows the small-n tiles (their dot is bound by the FMA units, not by memory)."""
 
 STEP_CONFIGS = {
     bf16: tuple(dict.fromkeys(SMALL_CONFIGS[bf16] + tuple(c for _, c in LARGE_CONFIGS[bf16])))
