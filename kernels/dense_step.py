@@ -148,6 +148,8 @@ def dense_step_kernel(
         span = tl.cdiv(tl.cdiv(n, SPLIT_K), BLOCK_K) * BLOCK_K
         k_lo = pid_k * span
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        # W is read again by the next step: it stays in L2 where it fits (evict_last; not for the
+        # FMA-bound fp32 dot, whose widest tile would spill the hint's register).
         for k0 in range(k_lo, tl.minimum(k_lo + span, n), BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < n
@@ -159,6 +161,7 @@ def dense_step_kernel(
                     w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
                     mask=kmask[:, None] & cmask[None, :],
                     other=0.0,
+                    eviction_policy="evict_last" if BF16_DOT else "",
                 )
                 acc = dot(yk, wk, acc, BF16_DOT)
             else:
@@ -167,6 +170,7 @@ def dense_step_kernel(
                     w_ptr + cols[:, None].to(tl.int64) * n + ks[None, :],
                     mask=cmask[:, None] & kmask[None, :],
                     other=0.0,
+                    eviction_policy="evict_last",
                 )
                 acc += tl.sum(yk.to(tl.float32)[:, None, :] * wk.to(tl.float32)[None, :, :], axis=2)
         epilogue = True
@@ -261,7 +265,7 @@ LARGE_N = 2048
 
 LARGE_CONFIGS = {
     False: (
-        (8, StepConfig(4, 8, 512, num_stages=2, dot=False, split_k=4)),
+        (8, StepConfig(4, 8, 1024, num_stages=2, dot=False, split_k=4)),
         (16, StepConfig(16, 16, 64, num_stages=4)),
         (64, StepConfig(32, 32, 32)),
         (None, StepConfig(64, 32, 32, num_warps=8)),
