@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.configs import Shipped, ptr
 from kernels.reference import StepOut
@@ -128,9 +129,15 @@ def dense_step_kernel(
     SPLIT_K: tl.constexpr,
     DOT: tl.constexpr,
     BF16_DOT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…, over the
-    pid_k-th of SPLIT_K slices of the inner dimension (their sums meet in `split_ptr`)."""
+    pid_k-th of SPLIT_K slices of the inner dimension (their sums meet in `split_ptr`). With PDL
+    (a programmatic dependent launch on CUDA) the next launch is let in at once and this one waits
+    for the previous to finish before it reads anything: back-to-back steps overlap their launch."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -148,8 +155,6 @@ def dense_step_kernel(
         span = tl.cdiv(tl.cdiv(n, SPLIT_K), BLOCK_K) * BLOCK_K
         k_lo = pid_k * span
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        # W is read again by the next step: it stays in L2 where it fits (evict_last; not for the
-        # FMA-bound fp32 dot, whose widest tile would spill the hint's register).
         for k0 in range(k_lo, tl.minimum(k_lo + span, n), BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < n
@@ -161,7 +166,6 @@ def dense_step_kernel(
                     w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
                     mask=kmask[:, None] & cmask[None, :],
                     other=0.0,
-                    eviction_policy="evict_last" if BF16_DOT else "",
                 )
                 acc = dot(yk, wk, acc, BF16_DOT)
             else:
@@ -170,7 +174,6 @@ def dense_step_kernel(
                     w_ptr + cols[:, None].to(tl.int64) * n + ks[None, :],
                     mask=cmask[:, None] & kmask[None, :],
                     other=0.0,
-                    eviction_policy="evict_last",
                 )
                 acc += tl.sum(yk.to(tl.float32)[:, None, :] * wk.to(tl.float32)[None, :, :], axis=2)
         epilogue = True
@@ -421,6 +424,7 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
     if not scratch.fits(slots, n, cfg.split_k):
         raise ValueError(f"scratch is too small for {slots} slots, n = {n}, split_k = {cfg.split_k}")
     grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n), cfg.split_k)
+    pdl = w.is_cuda
     dense_step_kernel[grid](
         *_args(w, buf, scratch),
         BLOCK_B=cfg.block_b,
@@ -429,8 +433,10 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
         SPLIT_K=cfg.split_k,
         DOT=cfg.dot,
         BF16_DOT=_bf16_dot(w, buf),
+        PDL=pdl,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **({"launch_pdl": True} if pdl else {}),
     )
 
 
@@ -469,7 +475,7 @@ def launch_autotuned(w: torch.Tensor, buf: StepBuffers, scratch: Scratch) -> Non
         return triton.cdiv(slots, meta["BLOCK_B"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]
 
     bf16 = _bf16_dot(w, buf)
-    _autotuned[bf16][grid](*_args(w, buf, scratch), BF16_DOT=bf16)
+    _autotuned[bf16][grid](*_args(w, buf, scratch), BF16_DOT=bf16, PDL=False)
 
 
 _scratch: dict[tuple[str, int, int, int], Scratch] = {}
@@ -570,6 +576,7 @@ def shipped() -> list[Shipped]:
                 "SPLIT_K": c.split_k,
                 "DOT": c.dot,
                 "BF16_DOT": bf16,
+                "PDL": True,
             }
             out.append(
                 Shipped(
