@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import triton
+from device_copy import copy_bandwidth
 
 from kernels import dense_step
 from kernels.dense_step import StepConfig
@@ -150,22 +151,6 @@ def step_us(s: Shape, config: StepConfig) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second of a 256 MiB device copy (read + write), median of 10."""
-    src = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return 2 * src.numel() / statistics.median(times)
-
-
 def main() -> int:
     """Time every candidate on every shape; print the tables and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -175,7 +160,7 @@ def main() -> int:
         print("needs a CUDA device", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(torch.device("cuda"))
     report = []
     for dname, n, b in SHAPES:
         if time.perf_counter() - start > args.budget_s:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import triton
+from device_copy import copy_bandwidth
 
 from kernels import dense_step, persistent, reference
 from kernels.graph_runner import GraphRunner
@@ -226,14 +227,6 @@ def fused(c: Case, tuned: bool, graph: bool = False) -> Callable[[], None]:
 def solver(c: Case, solve: Callable) -> Callable[[], None]:
     """One whole solve of c.iters iterations (persistent kernel or graph runner)."""
     return lambda: solve(*c.solve_args())
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes per second a device-to-device copy moves (read + write), the roofline's measure."""
-    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    us = per_iter_us(lambda: dst.copy_(src), 1, device, repeats=5)
-    return 2 * src.numel() / (us * 1e-6)
 
 
 def methods(
