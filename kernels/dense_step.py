@@ -424,7 +424,9 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
     if not scratch.fits(slots, n, cfg.split_k):
         raise ValueError(f"scratch is too small for {slots} slots, n = {n}, split_k = {cfg.split_k}")
     grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n), cfg.split_k)
-    pdl = w.is_cuda
+    # Split-K launches are short (at most ~2 programs per SM): there the overlap measured 2–5 % faster
+    # on an H200; the multi-wave tiles of many rows measured slower with it (bench/RESULTS.md).
+    pdl = w.is_cuda and cfg.split_k > 1
     dense_step_kernel[grid](
         *_args(w, buf, scratch),
         BLOCK_B=cfg.block_b,
@@ -576,7 +578,7 @@ def shipped() -> list[Shipped]:
                 "SPLIT_K": c.split_k,
                 "DOT": c.dot,
                 "BF16_DOT": bf16,
-                "PDL": True,
+                "PDL": c.split_k > 1,
             }
             out.append(
                 Shipped(
