@@ -1,10 +1,11 @@
 """The fused dense step: y' = (1−β)y + β·tanh(y Wᵀ + inj), residuals, stop decision, masked store.
 
 One launch covers an index list of rows (−1 = no row) on a fixed grid of (row blocks, column
-blocks); rows that are absent or no longer RUNNING cost nothing. Each program computes a tile of
-G(y) and adds its rows' partial square sums into a scratch buffer; the last program of a row
-block to arrive (an atomic counter) takes the rows' decisions and leaves the scratch zeroed, so a
-launch needs no memset and can be captured in a CUDA graph.
+blocks, K slices); rows that are absent or no longer RUNNING cost nothing. Each program computes a
+tile of G(y) (with split-K, the last of a tile's slices to arrive adds their partial sums and
+finishes the tile) and adds its rows' partial square sums into a scratch buffer; the last program
+of a row block to arrive (an atomic counter) takes the rows' decisions and leaves the counters and
+sums zeroed, so a launch needs no memset and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations

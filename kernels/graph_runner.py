@@ -4,11 +4,11 @@ One graph per padded batch size (powers of two, as vLLM and SGLang pad their dec
 padding rows get a zero budget, so they stop before their first step and are never stepped. Each
 replay runs K fused steps, which skip rows that have stopped and take every decision on the
 device, then reduces the stop codes to one flag that it copies to pinned host memory. The host
-keeps IN_FLIGHT replays queued and reads each flag once its replay is done, so the GPU never waits
-for the host; a batch that has stopped costs at most IN_FLIGHT − 1 replays in which every program
-leaves at once. The state ping-pongs between two buffers (K is even), so a row's final state lies
-in the buffer of its iteration count's parity. Without CUDA (TRITON_INTERPRET=1) the same K
-launches run with no graph.
+keeps IN_FLIGHT replays queued and reads each flag once its replay is done, so the GPU need not
+wait for the host between replays; a batch that has stopped costs at most IN_FLIGHT − 1 replays
+in which every program leaves at once. The state ping-pongs between two buffers (K is even), so a
+row's final state lies in the buffer of its iteration count's parity. Without CUDA
+(TRITON_INTERPRET=1) the same K launches run with no graph.
 """
 
 from __future__ import annotations
