@@ -10,6 +10,7 @@ sums zeroed, so a launch needs no memset and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -413,6 +414,12 @@ def _bf16_dot(w: torch.Tensor, buf: StepBuffers) -> bool:
     return w.dtype == buf.y.dtype == torch.bfloat16
 
 
+@functools.cache
+def _dependent_launch(device: torch.device) -> bool:
+    """Whether `device` takes programmatic dependent launches (Hopper, sm_90, and later)."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConfig | None = None) -> None:
     """Launch one fused step with a fixed configuration (`step_config`'s rule unless given)."""
     n, slots = w.shape[0], buf.rows.numel()
@@ -427,7 +434,7 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
     grid = (triton.cdiv(slots, cfg.block_b), triton.cdiv(n, cfg.block_n), cfg.split_k)
     # Split-K launches are short (at most ~2 programs per SM): there the overlap measured 2–5 % faster
     # on an H200; the multi-wave tiles of many rows measured slower with it (bench/RESULTS.md).
-    pdl = w.is_cuda and cfg.split_k > 1
+    pdl = cfg.split_k > 1 and w.is_cuda and _dependent_launch(w.device)
     dense_step_kernel[grid](
         *_args(w, buf, scratch),
         BLOCK_B=cfg.block_b,
