@@ -97,25 +97,12 @@ class Shape:
         self.res = [torch.empty(b, device="cuda") for _ in (0, 1)]
         self.rows = torch.arange(b, dtype=torch.int32, device="cuda")
 
-    def buffers(self, i: int) -> dense_step.StepBuffers:
-        """The step from ys[i] to ys[1 − i]."""
-        return dense_step.StepBuffers(
-            y=self.ys[i],
-            y_out=self.ys[1 - i],
-            inj=self.inj,
-            beta=self.beta,
-            tol=self.tol,
-            rel_mode=self.rel_mode,
-            max_iters=self.max_iters,
-            iters=self.iters,
-            iters_out=self.iters,
-            first_res=self.first,
-            first_out=self.first,
-            code=self.code,
-            abs_res=self.res[0],
-            rel_res=self.res[1],
-            rows=self.rows,
-        )
+    def buffers(self) -> tuple[dense_step.StepBuffers, dense_step.StepBuffers]:
+        """The steps ys[0] → ys[1] and back."""
+        return dense_step.StepBuffers.ping_pong(
+            *self.ys, self.inj, self.beta, self.tol, self.rel_mode, self.max_iters, self.iters,
+            self.first, self.code, *self.res, self.rows,
+        )  # fmt: skip
 
     def min_bytes(self) -> int:
         """W once, y read and written, inj read."""
@@ -126,7 +113,7 @@ class Shape:
 def step_us(s: Shape, config: StepConfig) -> float:
     """Median µs per fused step over the replays of a graph of STEPS steps."""
     scratch = dense_step.Scratch.new(s.b, s.w.device, s.n, config.split_k)
-    bufs = [s.buffers(0), s.buffers(1)]
+    bufs = s.buffers()
 
     def steps() -> None:
         for i in range(STEPS):

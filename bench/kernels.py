@@ -176,31 +176,13 @@ def fused(c: Case, tuned: bool, graph: bool = False) -> Callable[[], None]:
     with `graph`, K of them captured in a CUDA graph and replayed c.iters / K times, as torch_graph
     replays the eager tick (the step's own time, without the graph runner's per-replay host work)."""
     dev = c.w.device
-    ys = [c.y0.clone(), c.y0.clone()]
     it, first = torch.zeros_like(c.max_iters), torch.zeros_like(c.tol)
     code = torch.zeros_like(c.max_iters)
-    res = [torch.empty(c.b, device=dev) for _ in range(2)]
-    rows = torch.arange(c.b, dtype=torch.int32, device=dev)
-    bufs = [
-        dense_step.StepBuffers(
-            y=ys[i],
-            y_out=ys[1 - i],
-            inj=c.inj,
-            beta=c.beta.reshape(-1),
-            tol=c.tol,
-            rel_mode=c.rel_mode,
-            max_iters=c.max_iters,
-            iters=it,
-            iters_out=it,
-            first_res=first,
-            first_out=first,
-            code=code,
-            abs_res=res[0],
-            rel_res=res[1],
-            rows=rows,
-        )
-        for i in (0, 1)
-    ]
+    bufs = dense_step.StepBuffers.ping_pong(
+        c.y0.clone(), c.y0.clone(), c.inj, c.beta.reshape(-1), c.tol, c.rel_mode, c.max_iters, it, first,
+        code, torch.empty(c.b, device=dev), torch.empty(c.b, device=dev),
+        torch.arange(c.b, dtype=torch.int32, device=dev),
+    )  # fmt: skip
     split_k = dense_step.MAX_SPLIT_K if tuned else dense_step.step_config(c.n, c.b, bf16_dot(c)).split_k
     scratch = dense_step.Scratch.new(c.b, dev, c.n, split_k)
     launch = dense_step.launch_autotuned if tuned else dense_step.launch

@@ -342,6 +342,41 @@ class StepBuffers:
     rel_res: torch.Tensor
     rows: torch.Tensor
 
+    @staticmethod
+    def ping_pong(
+        y0: torch.Tensor,
+        y1: torch.Tensor,
+        inj: torch.Tensor,
+        beta: torch.Tensor,
+        tol: torch.Tensor,
+        rel_mode: torch.Tensor,
+        max_iters: torch.Tensor,
+        iters: torch.Tensor,
+        first_res: torch.Tensor,
+        code: torch.Tensor,
+        abs_res: torch.Tensor,
+        rel_res: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> tuple[StepBuffers, StepBuffers]:
+        """The steps y0 → y1 and y1 → y0 of a solve held in fixed buffers: the counters, first
+        residuals, codes and residuals updated in place (step i of a solve takes buffers i % 2)."""
+        shared = {
+            "inj": inj,
+            "beta": beta,
+            "tol": tol,
+            "rel_mode": rel_mode,
+            "max_iters": max_iters,
+            "iters": iters,
+            "iters_out": iters,
+            "first_res": first_res,
+            "first_out": first_res,
+            "code": code,
+            "abs_res": abs_res,
+            "rel_res": rel_res,
+            "rows": rows,
+        }
+        return StepBuffers(y=y0, y_out=y1, **shared), StepBuffers(y=y1, y_out=y0, **shared)
+
 
 @dataclass
 class Scratch:

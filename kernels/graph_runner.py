@@ -53,8 +53,11 @@ class _Batch:
         self.any_running = torch.zeros((), dtype=torch.bool, device=dev)
         self.flags = torch.zeros(IN_FLIGHT, dtype=torch.bool, pin_memory=dev.type == "cuda")
         self.events = [torch.cuda.Event() for _ in range(IN_FLIGHT)] if dev.type == "cuda" else []
-        index = torch.arange(rows, dtype=torch.int32, device=dev)
-        self.bufs = [self._buffers(self.ys[i], self.ys[1 - i], index) for i in (0, 1)]
+        self.bufs = StepBuffers.ping_pong(
+            self.ys[0], self.ys[1], self.inj, self.beta, self.tol, self.rel_mode, self.max_iters,
+            self.iters, self.first, self.code, self.abs_res, self.rel_res,
+            torch.arange(rows, dtype=torch.int32, device=dev),
+        )  # fmt: skip
         self.graph: torch.cuda.CUDAGraph | None = None
         if dev.type == "cuda":
             self._run()  # compiles and loads the kernel; every row is stopped, so nothing changes
@@ -62,25 +65,6 @@ class _Batch:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self._run()
-
-    def _buffers(self, y: torch.Tensor, y_out: torch.Tensor, index: torch.Tensor) -> StepBuffers:
-        return StepBuffers(
-            y=y,
-            y_out=y_out,
-            inj=self.inj,
-            beta=self.beta,
-            tol=self.tol,
-            rel_mode=self.rel_mode,
-            max_iters=self.max_iters,
-            iters=self.iters,
-            iters_out=self.iters,
-            first_res=self.first,
-            first_out=self.first,
-            code=self.code,
-            abs_res=self.abs_res,
-            rel_res=self.rel_res,
-            rows=index,
-        )
 
     def _run(self) -> None:
         for i in range(self.k):
