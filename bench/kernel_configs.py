@@ -1,6 +1,6 @@
 """Kernel-only time of fused-step configurations at large n, to choose dense_step.LARGE_CONFIGS (GPU).
 
-For n ∈ {2048, 4096} and a few batch sizes per dtype, every candidate configuration (the shipped
+For n ∈ {1024, 2048, 4096} and a few batch sizes per dtype, every candidate configuration (the shipped
 ones and the split-K grid below) runs 16 fused steps captured in one CUDA graph, no host work in
 between, every row running throughout (tol < 0) on random data; the time per step is the median of
 the graph's replays, timed with CUDA events. Also the fraction of copy bandwidth the step's least
@@ -32,12 +32,15 @@ from kernels.dense_step import StepConfig
 SHAPES = [
     ("bf16", 4096, 1),
     ("bf16", 4096, 16),
+    ("fp32", 4096, 16),
+    ("fp32", 4096, 64),
+    ("fp32", 4096, 256),
+    ("fp32", 1024, 256),
     ("fp32", 4096, 1),
+    ("fp32", 2048, 256),
+    ("fp32", 1024, 64),
     ("bf16", 4096, 64),
     ("bf16", 4096, 256),
-    ("bf16", 2048, 1),
-    ("bf16", 2048, 64),
-    ("fp32", 2048, 1),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEPS = 16
@@ -70,11 +73,40 @@ MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x 
 ]
 """Dot-path candidates for 64 and more rows."""
 
+FEW_ROWS_FP32 = [
+    StepConfig(16, bn, bk, num_warps=w, num_stages=st, split_k=x)
+    for bn, bk, w, st, x in (
+        (64, 64, 8, 3, 4),
+        (64, 64, 8, 4, 2),
+        (32, 128, 8, 3, 4),
+        (32, 128, 8, 4, 4),
+        (32, 64, 4, 3, 2),
+        (32, 64, 4, 3, 4),
+        (32, 64, 4, 4, 4),
+        (64, 32, 4, 4, 4),
+        (64, 32, 8, 4, 4),
+        (128, 64, 8, 3, 4),
+    )
+]
+"""TF32×3-dot candidates for up to 16 rows in fp32 (the fp32 operands double the registers and shared
+memory of bf16's tiles: these are the split-K tiles that compile for sm_90 without spills)."""
+
+MANY_ROWS_FP32 = [StepConfig(64, 64, 32, num_warps=8, num_stages=st) for st in (3, 4, 5)] + [
+    StepConfig(64, 64, 32, num_warps=8, num_stages=4, split_k=2),
+    StepConfig(32, 64, 64, num_warps=8, num_stages=4),
+    StepConfig(32, 64, 32, num_warps=8, num_stages=4),
+    StepConfig(32, 64, 64, num_warps=8, num_stages=3, split_k=2),
+]
+"""TF32×3-dot candidates for 64 and more rows in fp32."""
+
 
 def candidates(dtype: str, rows: int) -> list[StepConfig]:
     """The configurations to time for a shape: the shipped ones of its dtype and the grid for its rows."""
     bf16 = dtype == "bf16"
-    grid = (FEW_ROWS + (FEW_ROWS_MV if not bf16 and rows <= 8 else [])) if rows <= 16 else MANY_ROWS
+    if bf16:
+        grid = FEW_ROWS if rows <= 16 else MANY_ROWS
+    else:
+        grid = (FEW_ROWS_FP32 + (FEW_ROWS_MV if rows <= 8 else [])) if rows <= 16 else MANY_ROWS_FP32
     return list(dict.fromkeys([*dense_step.STEP_CONFIGS[bf16], *grid]))
 
 

@@ -169,7 +169,7 @@ def dense_step_kernel(
                     mask=kmask[:, None] & cmask[None, :],
                     other=0.0,
                 )
-                acc = dot(yk, wk, acc, BF16_DOT)
+                acc = dot(yk, wk, acc, BF16_DOT, False)
             else:
                 # Few rows: fp32 multiply-adds on W's rows as stored (bf16 products are exact in fp32).
                 wk = tl.load(
@@ -249,7 +249,7 @@ class StepConfig:
 
 SMALL_CONFIGS = {
     False: (
-        StepConfig(16, 16, 128, num_stages=2),
+        StepConfig(16, 16, 64, num_stages=4),
         StepConfig(16, 32, 64, num_stages=2),
         StepConfig(32, 32, 32),
         StepConfig(32, 64, 32, num_warps=8),
@@ -271,9 +271,9 @@ LARGE_N = 2048
 LARGE_CONFIGS = {
     False: (
         (8, StepConfig(4, 8, 1024, num_stages=2, dot=False, split_k=4)),
-        (16, StepConfig(16, 16, 64, num_stages=4)),
-        (64, StepConfig(32, 32, 32)),
-        (None, StepConfig(64, 32, 32, num_warps=8)),
+        (16, StepConfig(16, 64, 64, num_warps=8, split_k=4)),
+        (64, StepConfig(64, 64, 32, num_warps=8, num_stages=4, split_k=2)),
+        (None, StepConfig(64, 64, 32, num_warps=8, num_stages=4)),
     ),
     True: (
         (16, StepConfig(16, 64, 128, split_k=4)),

@@ -63,7 +63,7 @@ def persistent_kernel(
     code = tl.where(max_iters > 0, RUNNING, MAX_ITERS)
     while tl.max((code == RUNNING).to(tl.int32), axis=0) > 0:
         running = code == RUNNING
-        g = tanh(dot(y, wt, tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), BF16_DOT) + inj)
+        g = tanh(dot(y, wt, tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), BF16_DOT, True) + inj)
         y_next = lerp(y, g, beta).to(y_ptr.dtype.element_ty).to(tl.float32)
         sq_d, sq_g, bad = square_sums(g - y, g, y_next, tile)
         a, r = residuals(sq_d, sq_g)
