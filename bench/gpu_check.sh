@@ -29,7 +29,7 @@ fi
 timeout 120 "$py" -m pytest -q -p no:cacheprovider --confcutdir=tests/kernels tests/kernels \
   --deselect tests/kernels/test_aot.py::test_shipped_configurations_fit 2>&1 | tee "$out/tests.log" || status=1
 
-timeout 170 "$py" bench/kernel_configs.py --budget-s 120 2>&1 | tee "$out/configs.log" || status=1
+timeout 170 "$py" bench/kernel_configs.py --budget-s 90 2>&1 | tee "$out/configs.log" || status=1
 tail -n 1 "$out/configs.log" > "$out/configs.json"
 
 timeout 170 "$py" bench/kernels.py --budget-s 120 2>&1 | tee "$out/bench.log" || status=1

@@ -32,13 +32,15 @@ from kernels.dense_step import StepConfig
 SHAPES = [
     ("bf16", 4096, 1),
     ("bf16", 4096, 16),
+    ("fp32", 1024, 64),
+    ("fp32", 2048, 64),
+    ("fp32", 2048, 16),
     ("fp32", 4096, 16),
-    ("fp32", 4096, 64),
     ("fp32", 4096, 256),
     ("fp32", 1024, 256),
     ("fp32", 4096, 1),
+    ("fp32", 4096, 64),
     ("fp32", 2048, 256),
-    ("fp32", 1024, 64),
     ("bf16", 4096, 64),
     ("bf16", 4096, 256),
 ]
@@ -61,12 +63,6 @@ FEW_ROWS = [
 ]
 """Dot-path candidates for up to 16 rows (one row block): column block, K step, warps, stages, slices
 (the leaders of a wider grid timed on an H200, and their neighbours)."""
-
-FEW_ROWS_MV = [
-    StepConfig(4, bn, bk, num_stages=2, dot=False, split_k=x)
-    for bn, bk, x in ((8, 512, 2), (8, 512, 4), (8, 512, 8), (16, 512, 4), (8, 1024, 4))
-]
-"""Multiply-add candidates for up to 8 rows in fp32."""
 
 MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x in (1, 2, 4)] + [
     StepConfig(64, 128, 64, num_warps=8, num_stages=3, split_k=2)
@@ -106,7 +102,7 @@ def candidates(dtype: str, rows: int) -> list[StepConfig]:
     if bf16:
         grid = FEW_ROWS if rows <= 16 else MANY_ROWS
     else:
-        grid = (FEW_ROWS_FP32 + (FEW_ROWS_MV if rows <= 8 else [])) if rows <= 16 else MANY_ROWS_FP32
+        grid = FEW_ROWS_FP32 if rows <= 16 else MANY_ROWS_FP32
     return list(dict.fromkeys([*dense_step.STEP_CONFIGS[bf16], *grid]))
 
 

@@ -129,7 +129,6 @@ def dense_step_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
-    DOT: tl.constexpr,
     BF16_DOT: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -163,21 +162,12 @@ def dense_step_kernel(
             yk = tl.load(
                 y_ptr + base[:, None] + ks[None, :], mask=active[:, None] & kmask[None, :], other=0.0
             )
-            if DOT:
-                wk = tl.load(
-                    w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
-                    mask=kmask[:, None] & cmask[None, :],
-                    other=0.0,
-                )
-                acc = dot(yk, wk, acc, BF16_DOT, False)
-            else:
-                # Few rows: fp32 multiply-adds on W's rows as stored (bf16 products are exact in fp32).
-                wk = tl.load(
-                    w_ptr + cols[:, None].to(tl.int64) * n + ks[None, :],
-                    mask=cmask[:, None] & kmask[None, :],
-                    other=0.0,
-                )
-                acc += tl.sum(yk.to(tl.float32)[:, None, :] * wk.to(tl.float32)[None, :, :], axis=2)
+            wk = tl.load(
+                w_ptr + cols[None, :].to(tl.int64) * n + ks[:, None],
+                mask=kmask[:, None] & cmask[None, :],
+                other=0.0,
+            )
+            acc = dot(yk, wk, acc, BF16_DOT, False)
         epilogue = True
         if SPLIT_K > 1:
             # Each slice stores its partial sums; the last slice of the tile to arrive adds them in
@@ -226,25 +216,21 @@ def dense_step_kernel(
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Block sizes and launch settings of the fused step; `dot` False takes the multiply-add path
-    (for few rows: no 16-row tl.dot tile of which most rows are padding); `split_k` > 1 splits the
-    inner dimension over that many programs per tile (more programs streaming W when rows are few)."""
+    """Block sizes and launch settings of the fused step; `split_k` > 1 splits the inner dimension
+    over that many programs per tile (more programs streaming W when rows are few)."""
 
     block_b: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
-    dot: bool = True
     split_k: int = 1
 
     @property
     def name(self) -> str:
         """A short label for tables."""
-        path = "" if self.dot else "mv"
         split = f"x{self.split_k}" if self.split_k > 1 else ""
-        blocks = f"b{self.block_b}n{self.block_n}k{self.block_k}"
-        return f"{path}{blocks}w{self.num_warps}s{self.num_stages}{split}"
+        return f"b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}{split}"
 
 
 SMALL_CONFIGS = {
@@ -262,18 +248,17 @@ SMALL_CONFIGS = {
         StepConfig(64, 64, 32, num_warps=8),
     ),
 }
-"""The fixed rule's configurations below LARGE_N, for the IEEE fp32 dot (False) and the bf16 dot (True):
-the fp32 dot runs on the FMA units and holds its operands in registers, so its tiles are smaller."""
+"""The fixed rule's configurations below LARGE_N, for the fp32 (TF32×3) dot (False) and the bf16 dot
+(True): fp32 operands take twice the registers and shared memory, so its tiles are smaller."""
 
-LARGE_N = 2048
-"""From this state size on, streaming W is the step's cost: the fixed rule takes LARGE_CONFIGS."""
+LARGE_N = {False: 1024, True: 2048}
+"""From this state size on (per dot: fp32, bf16) the fixed rule takes LARGE_CONFIGS: W is large enough
+that the step wants more programs streaming it than the small-n tiles give."""
 
 LARGE_CONFIGS = {
     False: (
-        (8, StepConfig(4, 8, 1024, num_stages=2, dot=False, split_k=4)),
-        (16, StepConfig(16, 64, 64, num_warps=8, split_k=4)),
-        (64, StepConfig(64, 64, 32, num_warps=8, num_stages=4, split_k=2)),
-        (None, StepConfig(64, 64, 32, num_warps=8, num_stages=4)),
+        (64, StepConfig(16, 64, 64, num_warps=8, split_k=4)),
+        (None, StepConfig(64, 64, 32, num_warps=8, num_stages=4, split_k=2)),
     ),
     True: (
         (16, StepConfig(16, 64, 128, split_k=4)),
@@ -282,10 +267,10 @@ LARGE_CONFIGS = {
     ),
 }
 """(most rows, configuration) for n ≥ LARGE_N, first match (None: any number), chosen by
-bench/kernel_configs.py on an H200 at n = 2048 and 4096: few rows split the inner dimension (4 slices
-of 64 × 1024 of W per tile: ~2 programs per SM streaming W, where one per SM left bandwidth unused);
-in fp32, up to 8 rows take the multiply-add path with wide K steps (the FMA-unit 16-row dot is 3×
-slower there), more rows the small-n tiles (their dot is bound by the FMA units, not by memory)."""
+bench/kernel_configs.py (bf16 on an H200 at n = 2048 and 4096, fp32 on an H100 at n = 1024 to 4096):
+few rows split the inner dimension (bf16: 4 slices of 64 × 1024 of W per tile, ~2 programs per SM
+streaming W, where one per SM left bandwidth unused); in fp32 the 16-row split tile serves up to 64
+rows (2.5× the unsplit tiles at n = 1024, within 16 % of the best at 4096) and more rows split in two."""
 
 STEP_CONFIGS = {
     bf16: tuple(dict.fromkeys(SMALL_CONFIGS[bf16] + tuple(c for _, c in LARGE_CONFIGS[bf16])))
@@ -307,11 +292,11 @@ MIN_PROGRAMS = 128
 """The small-n rule's goal: about one wave of programs on an H100 (132 SMs) when the shape allows."""
 
 
-def step_config(n: int, rows: int, bf16_dot: bool, large_n: int = LARGE_N) -> StepConfig:
-    """The fixed launcher's configuration. From `large_n` on, LARGE_CONFIGS by number of rows; below,
-    rows per block by batch size, then the widest column block that still gives MIN_PROGRAMS programs
-    (else the narrowest)."""
-    if n >= large_n:
+def step_config(n: int, rows: int, bf16_dot: bool, large_n: int | None = None) -> StepConfig:
+    """The fixed launcher's configuration. From `large_n` (default LARGE_N of the dot) on,
+    LARGE_CONFIGS by number of rows; below, rows per block by batch size, then the widest column block
+    that still gives MIN_PROGRAMS programs (else the narrowest)."""
+    if n >= (LARGE_N[bf16_dot] if large_n is None else large_n):
         return next(c for most, c in LARGE_CONFIGS[bf16_dot] if most is None or rows <= most)
     block_b = 16 if rows <= 16 else 32 if rows <= 64 else 64
     fits = [c for c in SMALL_CONFIGS[bf16_dot] if c.block_b == block_b]
@@ -476,7 +461,6 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k,
-        DOT=cfg.dot,
         BF16_DOT=_bf16_dot(w, buf),
         PDL=pdl,
         num_warps=cfg.num_warps,
@@ -494,7 +478,6 @@ def _autotune(configs: tuple[StepConfig, ...]) -> triton.runtime.Autotuner:
                     "BLOCK_N": c.block_n,
                     "BLOCK_K": c.block_k,
                     "SPLIT_K": c.split_k,
-                    "DOT": c.dot,
                 },
                 num_warps=c.num_warps,
                 num_stages=c.num_stages,
@@ -619,7 +602,6 @@ def shipped() -> list[Shipped]:
                 "BLOCK_N": c.block_n,
                 "BLOCK_K": c.block_k,
                 "SPLIT_K": c.split_k,
-                "DOT": c.dot,
                 "BF16_DOT": bf16,
                 "PDL": c.split_k > 1,
             }

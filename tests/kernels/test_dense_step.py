@@ -13,18 +13,14 @@ from tests.kernels.problems import TOL, dense
 SMALL = dense_step.StepConfig(16, 16, 16)
 """Blocks smaller than the shapes below: several column blocks meet in the cross-program sum."""
 
-SMALL_MV = dense_step.StepConfig(4, 16, 16, dot=False)
-"""The multiply-add path with blocks smaller than the shapes below (15 programs, a K loop of 3)."""
-
 SPLITS = [
     dense_step.StepConfig(16, 16, 16, split_k=4),
-    dense_step.StepConfig(4, 16, 16, dot=False, split_k=2),
+    dense_step.StepConfig(16, 32, 16, split_k=2),
 ]
 """Split-K over n = 40: four slices of 16 (the last has no work, the third a masked tail), and two."""
 
-LARGE = sorted({c for configs in dense_step.LARGE_CONFIGS.values() for _, c in configs if c.dot}, key=str)
-"""The large-n dot configurations, on the small shapes below (their blocks cover them: masked tails);
-the multiply-add one runs in test_rule_takes_large_configs_from_large_n, on fewer rows."""
+LARGE = sorted({c for configs in dense_step.LARGE_CONFIGS.values() for _, c in configs}, key=str)
+"""The large-n configurations, on the small shapes below (their blocks cover them: masked tails)."""
 
 
 def _step_inputs(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -104,7 +100,7 @@ def test_autotuned_step_matches_reference(dtype: torch.dtype) -> None:
     )
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL_MV, *SPLITS, *LARGE], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [SMALL, *SPLITS, *LARGE], ids=lambda c: c.name)
 def test_index_list_steps_only_listed_running_rows(
     case: tuple[str, torch.dtype], config: dense_step.StepConfig
 ) -> None:
@@ -142,14 +138,14 @@ def test_index_list_steps_only_listed_running_rows(
 
 
 def test_rule_takes_large_configs_from_large_n(case: tuple[str, torch.dtype]) -> None:
-    """With the threshold lowered to the test's n, the rule's pick (in fp32 the multiply-add path for
-    few rows) steps a list with a NaN row and a padding slot as the reference does."""
+    """With the threshold lowered to the test's n, the rule's pick for few rows steps a list with a
+    NaN row and a padding slot as the reference does."""
     device, dtype = case
     a = _step_inputs(device, dtype)
     listed = [7, 3, 0, 5, 12, -1]  # 7 sees a NaN, 3 converges, 5 spends its budget; a padding slot
     bf16 = dtype == torch.bfloat16
     config = dense_step.step_config(40, len(listed), bf16, large_n=32)
-    assert config in [c for _, c in dense_step.LARGE_CONFIGS[bf16]] and config.dot == bf16
+    assert config in [c for _, c in dense_step.LARGE_CONFIGS[bf16]]
     rows = torch.tensor(listed, dtype=torch.int32, device=device)
     buf = _list_buffers(a, rows, torch.zeros_like(a["iters"]))
     scratch = dense_step.Scratch.new(len(listed), torch.device(device), 40, config.split_k)
@@ -163,18 +159,16 @@ def test_rule_takes_large_configs_from_large_n(case: tuple[str, torch.dtype]) ->
 
 def test_rule_below_large_n_is_unchanged() -> None:
     for bf16 in (False, True):
-        for n in (64, 256, 1024, dense_step.LARGE_N - 1):
+        for n in (64, 256, dense_step.LARGE_N[bf16] - 1):
             for rows in (1, 16, 64, 256):
                 assert dense_step.step_config(n, rows, bf16) in dense_step.SMALL_CONFIGS[bf16]
-    assert not dense_step.step_config(4096, 1, False).dot
-    assert dense_step.step_config(4096, 1, True).dot
 
 
 def test_launch_refuses_blocks_scratch_is_not_sized_for() -> None:
     a = _step_inputs("cpu", torch.float32)
     rows = torch.arange(20, dtype=torch.int32)
     buf = _list_buffers(a, rows, torch.zeros_like(a["iters"]))
-    small = dense_step.StepConfig(dense_step.MIN_BLOCK_B // 2, 16, 16, dot=False)
+    small = dense_step.StepConfig(dense_step.MIN_BLOCK_B // 2, 16, 16)
     with pytest.raises(ValueError, match="MIN_BLOCK_B"):
         dense_step.launch(a["w"], buf, dense_step.Scratch.new(20, torch.device("cpu")), small)
     split = dense_step.StepConfig(16, 16, 16, split_k=2)

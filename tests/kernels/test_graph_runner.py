@@ -13,7 +13,7 @@ from tests.kernels.problems import assert_same_solve, budgets, dense, solve_case
 
 @pytest.mark.parametrize(
     "config",
-    [StepConfig(16, 16, 16), StepConfig(8, 16, 16, dot=False), StepConfig(16, 16, 16, split_k=2)],
+    [StepConfig(16, 16, 16), StepConfig(16, 32, 16, split_k=4)],
     ids=lambda c: c.name,
 )
 def test_runner_matches_reference(case: tuple[str, torch.dtype], config: StepConfig) -> None:
