@@ -48,42 +48,42 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEPS = 16
 """Fused steps per captured graph."""
 
-FEW_ROWS = [
-    StepConfig(16, bn, bk, num_warps=w, num_stages=st, split_k=x)
-    for bn, bk, w, st, x in (
-        (64, 128, 4, 3, 2),
-        (64, 128, 4, 3, 4),
-        (64, 128, 4, 3, 8),
-        (64, 256, 8, 3, 2),
-        (64, 256, 8, 3, 4),
-        (32, 128, 4, 4, 4),
-        (32, 256, 4, 3, 4),
-        (128, 128, 8, 3, 4),
-    )
-]
-"""Dot-path candidates for up to 16 rows (one row block): column block, K step, warps, stages, slices
-(the leaders of a wider grid timed on an H200, and their neighbours)."""
+
+def sixteen_rows(*settings: tuple[int, int, int, int, int]) -> list[StepConfig]:
+    """16-row configurations from (column block, K step, warps, stages, slices)."""
+    return [StepConfig(16, bn, bk, num_warps=w, num_stages=st, split_k=x) for bn, bk, w, st, x in settings]
+
+
+FEW_ROWS = sixteen_rows(
+    (64, 128, 4, 3, 2),
+    (64, 128, 4, 3, 4),
+    (64, 128, 4, 3, 8),
+    (64, 256, 8, 3, 2),
+    (64, 256, 8, 3, 4),
+    (32, 128, 4, 4, 4),
+    (32, 256, 4, 3, 4),
+    (128, 128, 8, 3, 4),
+)
+"""bf16 candidates for up to 16 rows: the leaders of a wider grid timed on an H200, and their
+neighbours."""
 
 MANY_ROWS = [StepConfig(64, 64, 64, num_warps=8, num_stages=4, split_k=x) for x in (1, 2, 4)] + [
     StepConfig(64, 128, 64, num_warps=8, num_stages=3, split_k=2)
 ]
-"""Dot-path candidates for 64 and more rows."""
+"""bf16 candidates for 64 and more rows."""
 
-FEW_ROWS_FP32 = [
-    StepConfig(16, bn, bk, num_warps=w, num_stages=st, split_k=x)
-    for bn, bk, w, st, x in (
-        (64, 64, 8, 3, 4),
-        (64, 64, 8, 4, 2),
-        (32, 128, 8, 3, 4),
-        (32, 128, 8, 4, 4),
-        (32, 64, 4, 3, 2),
-        (32, 64, 4, 3, 4),
-        (32, 64, 4, 4, 4),
-        (64, 32, 4, 4, 4),
-        (64, 32, 8, 4, 4),
-        (128, 64, 8, 3, 4),
-    )
-]
+FEW_ROWS_FP32 = sixteen_rows(
+    (64, 64, 8, 3, 4),
+    (64, 64, 8, 4, 2),
+    (32, 128, 8, 3, 4),
+    (32, 128, 8, 4, 4),
+    (32, 64, 4, 3, 2),
+    (32, 64, 4, 3, 4),
+    (32, 64, 4, 4, 4),
+    (64, 32, 4, 4, 4),
+    (64, 32, 8, 4, 4),
+    (128, 64, 8, 3, 4),
+)
 """TF32×3-dot candidates for up to 16 rows in fp32 (the fp32 operands double the registers and shared
 memory of bf16's tiles: these are the split-K tiles that compile for sm_90 without spills)."""
 
