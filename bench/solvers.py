@@ -13,12 +13,10 @@ the full run, `contraction-sym`, the same with M symmetric, eigenvalues evenly s
 One torch thread. Table, then with --json one line; ratios are ours over theirs, worst case over
 operators and tolerances (the goals), and over the totals of every case.
 
-Per case also the span floor: the first G-evaluation at which some affine combination of the
-residuals evaluated so far is under the tolerance. For an affine G no method that takes its next
-point from the evaluated points and their G values (Anderson of any depth and relaxation, type I or
-II) can measure ‖G(y) − y‖ ≤ tol sooner, GMRES's minimal-residual property; for deq-mlp it is that
-bound for the map's local linearisation, an estimate. floor / theirs is what per-row Anderson can at
-best reach against their batch.
+Per case also the span floor (bench/span_floor.py): the first G-evaluation at which some affine
+combination of the residuals evaluated so far is under the tolerance, which no Anderson-type method
+beats on an affine map; floor / theirs is what per-row Anderson can at best reach against their
+batch, and the floor's evaluations at G's full-batch cost what it can at best reach in time.
 
     .venv/bin/python bench/solvers.py [--quick] [--json]
 """
@@ -43,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from safetensors.torch import load_file
+from span_floor import span_floor
 from torchdeq.solver import anderson_solver, fixed_point_iter
 
-from kernels import reference
 from models.base import Ctx, ImplicitModel
 from models.deq_mlp.model import HELDOUT_FILE
 from models.registry import WEIGHTS_DIR, load_model
@@ -60,8 +58,6 @@ OUR_M = 10
 """Our Anderson history: the server's default (ModelMeta.default_solver; main() checks it)."""
 THREADS = 1
 GOALS = {"ratio_evals_vs_torchdeq": 0.8, "ratio_time_vs_torchdeq": 0.5}
-FLOOR_WINDOW = 20
-"""Residuals the span floor combines: more than deq-mlp's solves take, as many as helps the contraction."""
 TD_DEFAULT = (6, 1e-4, 1.0)
 """anderson_solver's documented defaults (m, lam, tau)."""
 GRID_QUICK = {"m": (6, 10), "lam": (0.0, 1e-8, 1e-4), "tau": (1.0, 0.8, 0.5)}
@@ -283,32 +279,6 @@ def settings_str(m: int, lam: float, tau: float) -> str:
     return f"m={m} lam={lam:g} tau={tau:g}"
 
 
-def span_floor(case: Case, tol: float, limit: int) -> tuple[float, int] | None:
-    """(mean, max) over rows of the first G-evaluation at which min ‖Σα_i r_i‖ (Σα_i = 1, fp64 least
-    squares over the last FLOOR_WINDOW residuals) is ≤ tol, along Anderson(FLOOR_WINDOW)'s iterates;
-    None if a row needs more than `limit` evaluations."""
-    g, y0 = case.batch()
-    b, n = y0.shape
-    hist = torch.zeros(b, FLOOR_WINDOW, 2 * n, dtype=torch.float64)
-    gram = torch.zeros(b, FLOOR_WINDOW, FLOOR_WINDOW, dtype=torch.float64)
-    beta = torch.ones(b, 1, dtype=torch.float64)
-    hit = torch.zeros(b, dtype=torch.long)
-    y = y0
-    for k in range(1, limit + 1):
-        y64, gy = y.double(), g(y).double()
-        slot = torch.full((b,), (k - 1) % FLOOR_WINDOW)
-        reference.anderson_record(y64, gy, hist, gram, slot)
-        alpha, ok = reference.anderson_solve(gram, 1e-14, math.inf)
-        least = (alpha.unsqueeze(1) @ gram @ alpha.unsqueeze(2)).view(b).clamp(min=0).sqrt()
-        hit = torch.where((hit == 0) & ok & (least <= tol), k, hit)
-        if (hit > 0).all():
-            return hit.double().mean().item(), int(hit.max())
-        newest = torch.arange(FLOOR_WINDOW) == slot.unsqueeze(1)
-        y = reference.anderson_mix(y64, gy, hist, torch.where(ok.unsqueeze(1), alpha, newest), beta)
-        y = y.to(y0.dtype)
-    return None
-
-
 def run_case(case: Case, tol: float, grid: dict[str, tuple], reps: int) -> dict[str, Any]:
     """All four solvers (and their default Anderson) on one operator at one tolerance."""
     best, budget, table = anderson_grid(case, tol, grid)
@@ -340,8 +310,9 @@ def run_case(case: Case, tol: float, grid: dict[str, tuple], reps: int) -> dict[
         runs["ours_picard"],
         runs["td_fixed_point"],
     )
-    floor = span_floor(case, tol, td_a.evals_max)
     g, y0 = case.batch()
+    rows = span_floor(g, y0, tol, td_a.evals_max)
+    floor = None if rows is None else (rows.double().mean().item(), int(rows.max()))
     g_seconds = min(timeit(lambda: g(y0)) for _ in range(reps))
     return {
         "operator": case.name,
