@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import reference
+from service.solvers import SolverState
 
 _spec = importlib.util.spec_from_file_location(
     "span_floor", Path(__file__).resolve().parents[1] / "bench" / "span_floor.py"
@@ -30,7 +30,7 @@ def test_three_eigenvalues_are_solved_at_the_fourth_evaluation() -> None:
 
 
 def test_floor_is_below_what_our_anderson_needs_on_a_linear_contraction() -> None:
-    """Per row, our served Anderson (reference record/solve/mix, m = 10) measures ‖G(y) − y‖ ≤ tol no
+    """Per row, our served Anderson (SolverState.update, m = 10) measures ‖G(y) − y‖ ≤ tol no
     sooner than the floor; Picard steps take longer still."""
     g = torch.Generator().manual_seed(1)
     q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
@@ -44,10 +44,7 @@ def test_floor_is_below_what_our_anderson_needs_on_a_linear_contraction() -> Non
     floor = span.span_floor(step, y0, tol, 400)
     assert floor is not None
 
-    m = 10
-    hist = torch.zeros(8, m, 80)
-    gram = torch.zeros(8, m, m, dtype=torch.float64)
-    beta = torch.ones(8, 1)
+    state = SolverState.new([1.0] * 8, [10] * 8, y0)
     hit = torch.zeros(8, dtype=torch.long)
     y = y0
     for k in range(1, 401):
@@ -55,11 +52,7 @@ def test_floor_is_below_what_our_anderson_needs_on_a_linear_contraction() -> Non
         hit = torch.where((hit == 0) & ((gy - y).norm(dim=1) <= tol), k, hit)
         if (hit > 0).all():
             break
-        slot = torch.full((8,), (k - 1) % m)
-        reference.anderson_record(y, gy, hist, gram, slot)
-        alpha, ok = reference.anderson_solve(gram, reference.ANDERSON_RIDGE, reference.ANDERSON_MAX_WEIGHT)
-        newest = torch.arange(m) == slot.unsqueeze(1)
-        y = reference.anderson_mix(y, gy, hist, torch.where(ok.unsqueeze(1), alpha, newest), beta)
+        y = state.update(y, gy)
     assert (hit > 0).all()
     assert (floor <= hit).all(), (floor.tolist(), hit.tolist())
     assert floor.sum() < hit.sum()  # the floor is not trivially our own count
