@@ -5,9 +5,7 @@ FROM ${BASE}
 ARG TORCH=2.13.0
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY service ./service
-COPY models ./models
-COPY kernels ./kernels
+COPY eqserve ./eqserve
 RUN if [ "$TORCH" != "skip" ]; then \
       pip install --no-cache-dir "torch==${TORCH}" --extra-index-url https://download.pytorch.org/whl/cpu; \
     fi \

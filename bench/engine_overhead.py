@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from safetensors.torch import load_file
 
-from kernels.reference import Stop, decide, residuals
-from models.base import Ctx, ImplicitModel
-from models.deq_mlp.model import HELDOUT_FILE
-from models.registry import WEIGHTS_DIR, load_model
-from service.engine import Engine, NullObserver, SolveJob
-from service.solvers import SolverState
+from eqserve.kernels.reference import Stop, decide, residuals
+from eqserve.models.base import Ctx, ImplicitModel
+from eqserve.models.deq_mlp.model import HELDOUT_FILE
+from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.service.engine import Engine, NullObserver, SolveJob
+from eqserve.service.solvers import SolverState
 
 ROWS = 64
 GOAL = 1.3

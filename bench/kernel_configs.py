@@ -26,8 +26,8 @@ import torch
 import triton
 from device_copy import copy_bandwidth
 
-from kernels import dense_step
-from kernels.dense_step import StepConfig
+from eqserve.kernels import dense_step
+from eqserve.kernels.dense_step import StepConfig
 
 SHAPES = [
     ("bf16", 4096, 1),

@@ -32,8 +32,8 @@ import torch
 import triton
 from device_copy import copy_bandwidth
 
-from kernels import dense_step, persistent, reference
-from kernels.graph_runner import GraphRunner
+from eqserve.kernels import dense_step, persistent, reference
+from eqserve.kernels.graph_runner import GraphRunner
 
 NS = (64, 128, 256, 512, 1024, 2048, 4096)
 BS = (1, 16, 64, 256)

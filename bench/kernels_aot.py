@@ -31,8 +31,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import anderson, dense_step, persistent
-from kernels.configs import Shipped
+from eqserve.kernels import anderson, dense_step, persistent
+from eqserve.kernels.configs import Shipped
 
 TARGET = GPUTarget("cuda", 90, 128)
 SMEM_LIMIT = 227 * 1024

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from models.lp_gnn.data import make_dataset
-from models.lp_gnn.lpset import LpSet, errors
-from models.lp_gnn.networks import ExplicitGNN, ImplicitGNN, param_count
-from models.lp_gnn.train import fit, stages_for
+from eqserve.models.lp_gnn.data import make_dataset
+from eqserve.models.lp_gnn.lpset import LpSet, errors
+from eqserve.models.lp_gnn.networks import ExplicitGNN, ImplicitGNN, param_count
+from eqserve.models.lp_gnn.train import fit, stages_for
 
 SIZES = (4, 8, 16, 32)
 PAPER = {

@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [m for m in modes if m not in MODES]:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {MODES}")
     if args.model == "deq-mlp" and not (WEIGHTS / "deq-mlp.safetensors").exists():
-        raise SystemExit("models/weights/deq-mlp.safetensors is missing: train it or pass --model reciprocal")
+        raise SystemExit(f"{WEIGHTS / 'deq-mlp.safetensors'} is missing: train it or pass --model reciprocal")
 
     bodies = make_requests(args.model, n, args.max_iters, args.seed)
     warmup = make_requests(args.model, warm_n, args.max_iters, args.seed + 1)

@@ -44,10 +44,10 @@ from safetensors.torch import load_file
 from span_floor import span_floor
 from torchdeq.solver import anderson_solver, fixed_point_iter
 
-from models.base import Ctx, ImplicitModel
-from models.deq_mlp.model import HELDOUT_FILE
-from models.registry import WEIGHTS_DIR, load_model
-from service.engine import Engine, NullObserver, SolveJob
+from eqserve.models.base import Ctx, ImplicitModel
+from eqserve.models.deq_mlp.model import HELDOUT_FILE
+from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.service.engine import Engine, NullObserver, SolveJob
 
 ROWS = 64
 DIM = 256

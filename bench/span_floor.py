@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels import reference
+from eqserve.kernels import reference
 
 WINDOW = 20
 """Residuals combined: more than deq-mlp's solves take; more barely moves the contraction's floor."""

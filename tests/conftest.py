@@ -10,10 +10,10 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
-from models.base import ImplicitModel
-from models.reciprocal import Reciprocal
-from service.app import create_app
-from service.config import Settings
+from eqserve.models.base import ImplicitModel
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.app import create_app
+from eqserve.service.config import Settings
 from tests.fake_models import Faulty
 
 

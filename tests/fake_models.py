@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.base import Ctx, ImplicitModel
-from models.reciprocal import Reciprocal
+from eqserve.models.base import Ctx, ImplicitModel
+from eqserve.models.reciprocal import Reciprocal
 
 NAN_X = 1.7
 """A row holding this x turns NaN at its second iteration."""

@@ -15,7 +15,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from service.server import listen, uvicorn_config
+from eqserve.service.server import listen, uvicorn_config
 
 
 def free_port() -> int:

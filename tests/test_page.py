@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from models.reciprocal import Reciprocal
-from service.app import create_app
-from service.config import Settings
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.app import create_app
+from eqserve.service.config import Settings
 from tests.live_server import live_server
 
 FINAL = ("converged", "max_iters", "deadline", "diverged", "cancelled", "error")

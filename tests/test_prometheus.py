@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.reciprocal import Reciprocal
-from service.app import create_app
-from service.config import Settings
-from service.metrics import LATENCY_BUCKETS
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.app import create_app
+from eqserve.service.config import Settings
+from eqserve.service.metrics import LATENCY_BUCKETS
 from tests.live_server import free_port, live_server, wait_ready
 
 ITERS = 200

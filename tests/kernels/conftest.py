@@ -16,12 +16,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.dispatch import interpreting
+from eqserve.kernels.dispatch import interpreting
 
 INTERPRET = interpreting()
 CUDA = torch.cuda.is_available() and not INTERPRET
 
-_math = sys.modules.get("kernels.triton_math")
+_math = sys.modules.get("eqserve.kernels.triton_math")
 if INTERPRET and _math is not None and type(_math.tanh).__name__ != "InterpretedFunction":
     raise pytest.UsageError("a Triton kernel module was imported before TRITON_INTERPRET=1 was set")
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import reference
-from kernels.reference import SolveOut, Stop
+from eqserve.kernels import reference
+from eqserve.kernels.reference import SolveOut, Stop
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2}}
 """Output tolerance per dtype."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import anderson, reference
-from service.solvers import SolverState
+from eqserve.kernels import anderson, reference
+from eqserve.service.solvers import SolverState
 from tests.kernels.problems import TOL, dense
 
 B, M, N = 5, 5, 40

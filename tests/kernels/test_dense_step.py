@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import dense_step, dispatch, reference
-from kernels.reference import Stop
+from eqserve.kernels import dense_step, dispatch, reference
+from eqserve.kernels.reference import Stop
 from tests.kernels.conftest import CUDA
 from tests.kernels.problems import TOL, dense
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import dispatch, reference
+from eqserve.kernels import dispatch, reference
 from tests.kernels.problems import assert_same_solve, dense, solve_case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_works_without_triton(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import torch
-        from kernels import dispatch
+        from eqserve.kernels import dispatch
         assert not dispatch.triton_available()
         assert dispatch.select_backend("auto", "cuda") == "torch"
         try:

@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("pydantic", reason="the models need pydantic (the GPU image lacks it unless carried)")
 
-from kernels.dispatch import select_backend
-from models.deq_mlp.model import DeqMLP
-from service.engine import Engine, SolveJob, SolveResult
+from eqserve.kernels.dispatch import select_backend
+from eqserve.models.deq_mlp.model import DeqMLP
+from eqserve.service.engine import Engine, SolveJob, SolveResult
 
 
 def small_deq(hidden: int = 24, norm: float = 0.8) -> DeqMLP:

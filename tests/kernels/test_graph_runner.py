@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.dense_step import StepConfig
-from kernels.graph_runner import IN_FLIGHT, GraphRunner, _Batch
+from eqserve.kernels import reference
+from eqserve.kernels.dense_step import StepConfig
+from eqserve.kernels.graph_runner import IN_FLIGHT, GraphRunner, _Batch
 from tests.kernels.problems import assert_same_solve, budgets, dense, solve_case
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import persistent, reference
+from eqserve.kernels import persistent, reference
 from tests.kernels.problems import assert_same_solve, solve_case
 
 

@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference, triton_math
-from kernels.reference import Stop
+from eqserve.kernels import reference, triton_math
+from eqserve.kernels.reference import Stop
 
 
 @triton.jit

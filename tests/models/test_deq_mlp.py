@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.base import InputError
-from models.deq_mlp.model import DeqMLP
-from models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.base import InputError
+from eqserve.models.deq_mlp.model import DeqMLP
+from eqserve.models.registry import WEIGHTS_DIR, load_model
 
 WEIGHTS = WEIGHTS_DIR / "deq-mlp.safetensors"
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models.base import InputError
-from models.lp_gnn.data import LP, make_dataset, random_lp, solve
-from models.lp_gnn.graph import lp_graph, union
-from models.lp_gnn.inputs import LpInput, to_lp
-from models.lp_gnn.model import LpGnn
-from models.lp_gnn.mps import read_mps
-from models.lp_gnn.networks import ExplicitGNN, ImplicitGNN, param_count
-from models.registry import load_model
+from eqserve.models.base import InputError
+from eqserve.models.lp_gnn.data import LP, make_dataset, random_lp, solve
+from eqserve.models.lp_gnn.graph import lp_graph, union
+from eqserve.models.lp_gnn.inputs import LpInput, to_lp
+from eqserve.models.lp_gnn.model import LpGnn
+from eqserve.models.lp_gnn.mps import read_mps
+from eqserve.models.lp_gnn.networks import ExplicitGNN, ImplicitGNN, param_count
+from eqserve.models.registry import load_model
 from tests.conftest import make_client
 
 MPS = """NAME          SMALL

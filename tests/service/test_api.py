@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from models.reciprocal import Reciprocal
+from eqserve.models.reciprocal import Reciprocal
 from tests.conftest import make_client, one_running_one_waiting
 from tests.fake_models import NAN_X, RAISE_X
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from service import config
+from eqserve.service import config
 
 
 def _args(argv: list[str]) -> argparse.Namespace:

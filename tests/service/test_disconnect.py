@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
-from models.reciprocal import Reciprocal
-from service.app import create_app
-from service.config import Settings
-from service.engine import Engine, NullObserver, SolveJob, SolveResult
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.app import create_app
+from eqserve.service.config import Settings
+from eqserve.service.engine import Engine, NullObserver, SolveJob, SolveResult
 from tests.live_server import live_server
 
 

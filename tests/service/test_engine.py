@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from models.base import ImplicitModel
-from models.reciprocal import Reciprocal, ReciprocalInput
-from service.engine import (
+from eqserve.models.base import ImplicitModel
+from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
+from eqserve.service.engine import (
     COMPACT_AFTER_TICKS,
     Engine,
     ModelStepError,
@@ -280,7 +280,7 @@ def test_static_batch_computes_every_row_until_its_slowest_stops_and_answers_the
 
 def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
     """deq-mlp's batch context is selected and appended as rows come and go (ImplicitModel.rebatch)."""
-    from models.registry import load_model
+    from eqserve.models.registry import load_model
 
     model = load_model("deq-mlp")
 

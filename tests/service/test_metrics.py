@@ -7,8 +7,8 @@ import time
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.reciprocal import Reciprocal
-from service.metrics import iteration_buckets
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.metrics import iteration_buckets
 from tests.conftest import make_client, one_running_one_waiting
 from tests.fake_models import NAN_X, Faulty
 

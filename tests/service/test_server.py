@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from uvicorn.server import ServerState
 from websockets.sync.client import connect
 
-from service.routes_stream import batch_sender
-from service.server import listen
-from service.ws_protocol import SEND_TEXTS, BatchingWebSocketProtocol
+from eqserve.service.routes_stream import batch_sender
+from eqserve.service.server import listen
+from eqserve.service.ws_protocol import SEND_TEXTS, BatchingWebSocketProtocol
 from tests.live_server import live_server
 
 

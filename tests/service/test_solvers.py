@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve, residuals
-from models.reciprocal import Reciprocal, ReciprocalInput
-from service.solvers import SolverState
+from eqserve.kernels.reference import ANDERSON_MAX_WEIGHT, ANDERSON_RIDGE, anderson_solve, residuals
+from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
+from eqserve.service.solvers import SolverState
 
 
 def _iterate(model: Reciprocal, x: list[float], steps: int, beta: float = 1.0, m: int = 0, eta: float = 1.0):
@@ -86,7 +86,7 @@ def test_anderson_falls_back_to_picard_on_degenerate_history() -> None:
 
 
 def test_anderson_needs_fewer_g_evaluations_than_picard_on_deq_mlp() -> None:
-    from models.registry import load_model
+    from eqserve.models.registry import load_model
 
     model = load_model("deq-mlp")
     x = torch.tensor([[0.05, 0.3, 0.7, 1.0], [0.5, 0.5, 0.5, 0.5], [0.1, 0.9, 0.2, 0.06]])

@@ -15,12 +15,12 @@ import torch
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
-from models.reciprocal import Reciprocal
-from service.app import create_app
-from service.client import Client, EqserveError
-from service.config import Settings
-from service.engine import Engine, SolveJob, SolveResult
-from service.streams import MUTED, EventStream, Iterate, iterate_encoder
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.service.app import create_app
+from eqserve.service.client import Client, EqserveError
+from eqserve.service.config import Settings
+from eqserve.service.engine import Engine, SolveJob, SolveResult
+from eqserve.service.streams import MUTED, EventStream, Iterate, iterate_encoder
 from tests.live_server import live_server
 from tests.service.test_disconnect import assert_engine_goes_idle
 

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from safetensors.torch import save_file
 
-from models.base import Ctx
-from models.deq_mlp.model import HELDOUT_FILE, DeqMLP
-from models.reciprocal import Reciprocal
-from models.registry import WEIGHTS_DIR, load_model
-from models.tensors import Tensor, TensorError, TensorMap
+from eqserve.models.base import Ctx
+from eqserve.models.deq_mlp.model import HELDOUT_FILE, DeqMLP
+from eqserve.models.reciprocal import Reciprocal
+from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.tensors import Tensor, TensorError, TensorMap
 from tests.conftest import make_client
 from tests.fake_models import NAN_X, RAISE_X, Faulty
 

@@ -1,0 +1,197 @@
+"""The implicit-model contract: encode once, init, step G(y, x) over a batch, decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file
+from torch import nn
+
+from eqserve.models.tensors import TensorMap, float_datatype
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""A JSON number that must be finite (NaN and ±Infinity are refused with 422)."""
+
+Ctx = dict[str, torch.Tensor]
+"""A request's context: tensors with a leading batch dimension of 1 (one row)."""
+
+
+class InputError(ValueError):
+    """A request input that the model refuses; `field` is the dotted path of the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class ModelMeta:
+    """What a client and the server need to know about a model."""
+
+    name: str
+    description: str
+    state_dim: int | None
+    dtype: str
+    example_input: dict[str, Any]
+    default_max_iters: int = 100
+    default_tol: float = 1e-5
+    default_stop_mode: str = "abs"
+    default_solver: dict[str, Any] = field(
+        default_factory=lambda: {"method": "picard", "damping": 1.0, "m": 10}
+    )
+    fused_kernel: bool = False
+
+
+@dataclass
+class EvalReport:
+    """Error of the t-step map on a model's held-out set, for each t (the paper's E_t)."""
+
+    model: str
+    metric: str
+    t: list[int]
+    error: list[float]
+    params: int
+    baseline: dict[str, Any] | None = None
+
+
+class ImplicitModel(nn.Module):
+    """An operator G(y, x) whose fixed point y* = G(y*, x) is the answer.
+
+    Subclasses set `name`, `Input`, `Output` (pydantic schemas) and implement the four steps.
+    States are flat per row: `init` returns (1, n) and the engine stacks rows into (B, n_max),
+    zero-padded, so a model whose state size varies per request keeps G(y) zero in its padding.
+    """
+
+    name: ClassVar[str]
+    Input: ClassVar[type[BaseModel]]
+    Output: ClassVar[type[BaseModel]]
+
+    def meta(self) -> ModelMeta:
+        """Metadata: state size, defaults, example input."""
+        raise NotImplementedError
+
+    def encode(self, inp: BaseModel) -> Ctx:
+        """Everything that depends on the input alone, computed once per request (one row)."""
+        raise NotImplementedError
+
+    def init(self, ctx: Ctx) -> torch.Tensor:
+        """The starting state y0 of one request, shape (1, n)."""
+        return torch.zeros(1, self.state_size(ctx), dtype=self.dtype(), device=self.device())
+
+    def state_size(self, ctx: Ctx) -> int:
+        """Number of state entries of this request's row."""
+        raise NotImplementedError
+
+    def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        """G(y, x) for a batch: y is (B, n), ctx is `collate` of B contexts."""
+        raise NotImplementedError
+
+    def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
+        """The JSON output for one row: y is (1, n), ctx one request's context."""
+        raise NotImplementedError
+
+    def dense_form(self, ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W, inj) when G(y) = tanh(y Wᵀ + inj) for this batch context, so fused kernels can serve
+        the step; None (the default) for any other operator."""
+        return None
+
+    def collate(self, ctxs: list[Ctx]) -> Ctx:
+        """Stack B contexts into one batch context. Same-size models concatenate along dim 0."""
+        return {k: torch.cat([c[k] for c in ctxs], dim=0) for k in ctxs[0]}
+
+    @property
+    def row_aligned(self) -> bool:
+        """Whether row i of every batch-context tensor belongs to row i of the batch (the default
+        `collate`), so rows can be selected, appended and replaced without collating again."""
+        return type(self).collate is ImplicitModel.collate
+
+    def rebatch(self, bctx: Ctx, keep: torch.Tensor | None, kept: list[Ctx], fresh: list[Ctx]) -> Ctx:
+        """The batch context once rows `keep` of `bctx` (None: all of them) stay and `fresh` join.
+
+        `kept` are the staying rows' own contexts. With the default, row-aligned `collate` the kept
+        rows are selected and the fresh ones appended; a model with its own `collate` collates again.
+        """
+        if not self.row_aligned or not bctx:
+            return self.collate(kept + fresh)
+        out = bctx if keep is None else {k: v.index_select(0, keep) for k, v in bctx.items()}
+        if fresh:
+            new = self.collate(fresh)
+            out = {k: torch.cat([out[k], new[k]]) for k in out}
+        return out
+
+    def place(self, bctx: Ctx, slots: torch.Tensor, fresh: list[Ctx]) -> None:
+        """Write the `fresh` contexts into rows `slots` of the batch context, in place (row-aligned
+        models only: the engine re-collates the others through `rebatch`)."""
+        new = self.collate(fresh)
+        for k, v in bctx.items():
+            v.index_copy_(0, slots, new[k])
+
+    def evaluate(self, iters: list[int]) -> EvalReport:
+        """E_t on the model's shipped held-out set."""
+        raise NotImplementedError(f"model {self.name!r} ships no held-out set")
+
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
+        """(dtype, device) of the first parameter, kept until `.to()` and friends move the model.
+
+        Walking `parameters()` on every request cost ~16 % of the HTTP thread under load.
+        """
+        if (found := self.__dict__.get("_placed")) is None:
+            first = next(iter(self.parameters()), torch.zeros(()))
+            found = self.__dict__["_placed"] = (first.dtype, first.device)
+        return found
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ImplicitModel:
+        """nn.Module's parameter conversion (`to`, `cuda`, `double`, ...); forgets the kept placement."""
+        self.__dict__.pop("_placed", None)
+        return super()._apply(fn, recurse)
+
+    def dtype(self) -> torch.dtype:
+        """The dtype of the state."""
+        return self._placement()[0]
+
+    def device(self) -> torch.device:
+        """The device the model lives on."""
+        return self._placement()[1]
+
+    def load(self, path: str | Path) -> ImplicitModel:
+        """Load weights from a safetensors checkpoint (strict: every tensor must match)."""
+        self.load_state_dict(load_file(str(path)), strict=True)
+        return self
+
+    def output_schema(self) -> dict[str, Any]:
+        """JSON schema of the decoded output."""
+        return self.Output.model_json_schema()
+
+    def input_schema(self) -> dict[str, Any]:
+        """JSON schema of the input."""
+        return self.Input.model_json_schema()
+
+    def v2_inputs(self) -> TensorMap:
+        """The input as named v2 tensors, one per `Input` field; override for another mapping."""
+        return TensorMap(self.Input, float_datatype(self.dtype()))
+
+    def v2_outputs(self) -> TensorMap:
+        """The output as named v2 tensors, one per `Output` field; override for another mapping."""
+        return TensorMap(self.Output, float_datatype(self.dtype()))
+
+
+def run_iterations(
+    model: ImplicitModel, ctx: Ctx, y0: torch.Tensor, iters: list[int]
+) -> dict[int, torch.Tensor]:
+    """Plain Picard y_t = G(y_{t-1}, x), returning y_t at each t in `iters` (for E_t and L_t)."""
+    out: dict[int, torch.Tensor] = {}
+    y = y0
+    wanted = sorted(set(iters))
+    t = 0
+    with torch.no_grad():
+        for target in wanted:
+            while t < target:
+                y = model.step(y, ctx)
+                t += 1
+            out[target] = y
+    return out

@@ -1,0 +1,61 @@
+"""The FastAPI application: lifespan of the engines, health routes, error shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from eqserve.models.base import ImplicitModel
+from eqserve.service.auth import require_key
+from eqserve.service.config import Settings
+from eqserve.service.errors import error_body, install_handlers
+from eqserve.service.routes_page import mount_page
+from eqserve.service.routes_stream import router as stream_router
+from eqserve.service.routes_v1 import router as v1_router
+from eqserve.service.routes_v2 import health_router as v2_health_router
+from eqserve.service.routes_v2 import router as v2_router
+from eqserve.service.state import ServerState
+
+
+def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = None) -> FastAPI:
+    """An app serving `settings.models` (or the given model objects, for tests)."""
+    state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start(models)
+        yield
+        state.stop()
+
+    app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan)
+    app.state.eq = state
+    install_handlers(app)
+    app.include_router(v1_router, dependencies=[Depends(require_key)])
+    app.include_router(stream_router)
+    app.include_router(v2_health_router)
+    app.include_router(v2_router, dependencies=[Depends(require_key)])
+    mount_page(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Any:
+        """Every model is loaded and its worker runs."""
+        if not state.ready:
+            return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
+        return {"status": "ready", "models": list(state.served)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of every served model."""
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,194 @@
+"""The `eqserve` command: serve, solve, models, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from eqserve.models.registry import REGISTRY, load_model, names
+from eqserve.service import config
+from eqserve.service.client import DEFAULT_URL
+
+PROGRESS_EVERY_S = 0.1
+"""How often `eqserve solve --stream` redraws its progress line."""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from eqserve.service.app import create_app
+    from eqserve.service.server import listen, uvicorn_config
+
+    settings = config.load(args)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port, settings.log_level))
+    server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer)])
+    return 0
+
+
+def _read_input(text: str) -> dict[str, Any]:
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    return json.loads(raw)
+
+
+def _solve(args: argparse.Namespace) -> int:
+    from eqserve.service.client import Client, EqserveError
+
+    options = {
+        "max_iters": args.max_iters,
+        "tol": args.tol,
+        "method": args.method,
+        "stop_mode": args.stop_mode,
+    }
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            if args.stream:
+                result = _stream_with_progress(
+                    client, args.model, _read_input(args.input), args.every, options
+                )
+            else:
+                result = client.solve(args.model, _read_input(args.input), **options)
+        except EqserveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result))
+    return 0
+
+
+def _stream_with_progress(client: Any, model: str, inp: dict[str, Any], every: int, options: dict) -> dict:
+    """Stream a solve, redrawing one progress line on stderr; return the result event."""
+    start = shown = time.perf_counter()
+    with client.stream(model, inp, every=every, **options) as stream:
+        for event in stream:
+            now = time.perf_counter()
+            if event["type"] == "iterate" and now - shown >= PROGRESS_EVERY_S:
+                shown = now
+                residual = event["residual"] if event["residual"] is not None else float("nan")
+                rate = event["t"] / (now - start)
+                line = f"\r  t={event['t']:>7}  residual={residual:.3e}  {rate:,.0f} it/s "
+                print(line, end="", file=sys.stderr, flush=True)
+        result = stream.result
+    assert result is not None
+    t = result["timing"]
+    print(
+        f"\n  {result['status']} after {result['iterations']} iterations, residual {result['residual']}, "
+        f"{t['solve_ms']:.1f} ms solving ({t['per_iter_us']:.0f} µs/iteration), {result['dropped']} dropped",
+        file=sys.stderr,
+    )
+    return result
+
+
+def _models(args: argparse.Namespace) -> int:
+    from eqserve.service.client import Client
+
+    with Client(args.url, api_key=args.api_key) as client:
+        for m in client.models():
+            d = m["defaults"]["budget"]
+            print(f"{m['name']:<12} max_iters={d['max_iters']:<6} tol={d['tol']:<8g} {m['description']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    entry = REGISTRY[args.model]
+    if entry.train is None:
+        print(f"model {args.model!r} has no trainer: it has no weights", file=sys.stderr)
+        return 2
+    given = {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out, "emb": args.emb}
+    extra = {k: v for k, v in given.items() if v is not None}
+    if args.explicit:
+        extra["explicit"] = True
+    summary = entry.train(**extra)
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    iters = [int(s) for s in args.iters.split(",") if s.strip()]
+    try:
+        report = load_model(args.model).evaluate(iters)
+    except NotImplementedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        out: dict[str, Any] = {
+            "model": report.model,
+            "metric": report.metric,
+            "t": report.t,
+            "error": report.error,
+            "params": report.params,
+        }
+        if report.baseline is not None:
+            out["baseline"] = report.baseline
+        print(json.dumps(out))
+        return 0
+    print(f"{report.model}: {report.metric} on the held-out set ({report.params:,} parameters)")
+    print(f"{'t':>6}  {'error':>10}")
+    for t, e in zip(report.t, report.error, strict=True):
+        print(f"{t:>6}  {e:>10.4g}")
+    if report.baseline is not None:
+        b = report.baseline
+        print(f"baseline {b['name']} ({b['params']:,} parameters): {b['error']:.4g}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="eqserve", description="Serve implicit (fixed-point) models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the server on the built-in models")
+    config.add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    solve = sub.add_parser("solve", help="solve one request on a running server")
+    solve.add_argument("model")
+    solve.add_argument("--input", required=True, help="the input as JSON, or @file")
+    solve.add_argument("--max-iters", type=int)
+    solve.add_argument("--tol", type=float)
+    solve.add_argument("--stop-mode", choices=["abs", "rel"])
+    solve.add_argument("--method", choices=["picard", "anderson"])
+    solve.add_argument("--stream", action="store_true", help="stream iterates with a live progress line")
+    solve.add_argument("--every", type=int, default=1, help="with --stream: an event every N iterations")
+    solve.add_argument("--url", default=DEFAULT_URL)
+    solve.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
+    solve.set_defaults(func=_solve)
+
+    models = sub.add_parser("models", help="list the models of a running server")
+    models.add_argument("--url", default=DEFAULT_URL)
+    models.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
+    models.set_defaults(func=_models)
+
+    train = sub.add_parser("train", help="train a built-in model and write its weights")
+    train.add_argument("model", choices=[n for n, e in REGISTRY.items() if e.train is not None])
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
+    train.add_argument("--emb", type=int, help="lp-gnn: embedding size d")
+    train.add_argument("--explicit", action="store_true", help="lp-gnn: train the explicit GNN instead")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="error on the held-out set after each number of iterations")
+    ev.add_argument("model", choices=names())
+    ev.add_argument("--iters", default="1,2,4,8,16,32,64")
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(func=_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `eqserve` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""From a validated /v1/solve request to an engine job: the model's input, defaults and caps."""
+
+from __future__ import annotations
+
+import torch
+
+from eqserve.models.base import ImplicitModel, InputError, ModelMeta
+from eqserve.service.config import Settings
+from eqserve.service.engine import SolveJob, new_id
+from eqserve.service.errors import ApiError, validate
+from eqserve.service.schemas import SolveRequest
+
+
+def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings: Settings) -> SolveJob:
+    """Encode the request's input and fill its budget and solver options; 422 naming the field."""
+    inp = validate(model.Input, req.input, prefix="input")
+    try:
+        ctx = model.encode(inp)
+    except InputError as exc:
+        raise ApiError(422, "invalid_input", exc.message, exc.field) from None
+    size = model.state_size(ctx)
+    if size > settings.max_state_cap:
+        raise ApiError(
+            422, "over_cap", f"state of {size} entries exceeds the cap {settings.max_state_cap}", "input"
+        )
+    y0 = model.init(ctx)
+    if req.warm_start is not None:
+        if len(req.warm_start) != size:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"warm_start needs {size} numbers, got {len(req.warm_start)}",
+                "warm_start",
+            )
+        y0 = torch.tensor([req.warm_start], dtype=y0.dtype, device=y0.device)
+    budget, solver = req.budget, req.solver
+    max_iters = budget.max_iters or min(meta.default_max_iters, settings.max_iters_cap)
+    if max_iters > settings.max_iters_cap:
+        raise ApiError(
+            422,
+            "over_cap",
+            f"max_iters {max_iters} exceeds the server's cap {settings.max_iters_cap}",
+            "budget.max_iters",
+        )
+    timeout = budget.timeout_s or settings.timeout_cap_s
+    if timeout > settings.timeout_cap_s:
+        raise ApiError(
+            422,
+            "over_cap",
+            f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}",
+            "budget.timeout_s",
+        )
+    defaults = meta.default_solver
+    method = solver.method or defaults.get("method", "picard")
+    return SolveJob(
+        id=new_id(),
+        ctx=ctx,
+        y0=y0,
+        max_iters=max_iters,
+        tol=meta.default_tol if budget.tol is None else budget.tol,
+        rel_mode=(budget.stop_mode or meta.default_stop_mode) == "rel",
+        timeout_s=timeout,
+        damping=solver.damping or defaults.get("damping", 1.0),
+        m=(solver.m or defaults.get("m", 5)) if method == "anderson" else 0,
+        trace=req.return_.trace,
+        every=req.return_.every,
+        return_state=req.return_.state,
+    )

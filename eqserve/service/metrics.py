@@ -1,0 +1,172 @@
+"""Prometheus metrics (prefix eqserve_, label model), fed by each engine's observer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from eqserve.service.engine import Engine, SolveJob, SolveResult
+
+disable_created_metrics()  # the *_created series only double the scrape size
+
+LATENCY_BUCKETS = (
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+"""Seconds, from 100 µs (one tick of a small model) to minutes (a long deadline)."""
+
+TICK_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+"""Seconds per engine tick: one G-step and solver update over the batch."""
+
+RESIDUAL_BUCKETS = tuple(10.0**e for e in range(-12, 3))
+"""Final residuals from 1e-12 to 100, a decade a bucket."""
+
+
+def iteration_buckets(cap: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, … up to and including the server's iteration cap."""
+    out: list[float] = []
+    decade = 1
+    while decade <= cap:
+        out += [b * decade for b in (1, 2, 5) if b * decade < cap]
+        decade *= 10
+    return (*out, float(cap))
+
+
+class Metrics:
+    """Every eqserve metric in one registry of its own (one per app, so tests can build many)."""
+
+    def __init__(self, max_iters_cap: int) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.engines: list[Engine] = []
+        r.register(_EngineGauges(self.engines))
+        self.requests = Counter(
+            "eqserve_requests", "Finished solves by final status", ["model", "status"], registry=r
+        )
+        self.iterations = Counter(
+            "eqserve_iterations", "Row-iterations computed (G-evaluations)", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "eqserve_rejected", "Requests refused before solving, by reason", ["model", "reason"], registry=r
+        )
+        self.stream_clients = Gauge(
+            "eqserve_stream_clients", "Open streaming connections", ["model"], registry=r
+        )
+        self.latency = Histogram(
+            "eqserve_request_latency_seconds",
+            "Arrival to result",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "eqserve_queue_wait_seconds",
+            "Arrival to admission into the batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_iterate = Histogram(
+            "eqserve_time_to_first_iterate_seconds",
+            "Arrival to the first iterate",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tick = Histogram(
+            "eqserve_tick_seconds",
+            "One engine tick over the whole batch",
+            ["model"],
+            buckets=TICK_BUCKETS,
+            registry=r,
+        )
+        self.iters_per_request = Histogram(
+            "eqserve_iterations_per_request",
+            "Iterations a finished solve took",
+            ["model"],
+            buckets=iteration_buckets(max_iters_cap),
+            registry=r,
+        )
+        self.final_residual = Histogram(
+            "eqserve_final_residual",
+            "Absolute residual when a solve stopped",
+            ["model"],
+            buckets=RESIDUAL_BUCKETS,
+            registry=r,
+        )
+
+    def observe(self, engine: Engine) -> None:
+        """Attach to an engine: its events feed the counters and histograms, its queues the gauges."""
+        engine.observer = _EngineObserver(self, engine.name)
+        self.engines.append(engine)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _EngineObserver:
+    """The engine's events as metric updates, with the label children bound once."""
+
+    def __init__(self, m: Metrics, model: str) -> None:
+        self.m, self.model = m, model
+        self.iterations = m.iterations.labels(model)
+        self.latency = m.latency.labels(model)
+        self.queue_wait = m.queue_wait.labels(model)
+        self.first = m.first_iterate.labels(model)
+        self.tick_s = m.tick.labels(model)
+        self.iters = m.iters_per_request.labels(model)
+        self.residual = m.final_residual.labels(model)
+
+    def admitted(self, job: SolveJob, wait_s: float) -> None:
+        """A request got a row."""
+        if job.resume is None:
+            self.queue_wait.observe(wait_s)
+
+    def first_iterate(self, job: SolveJob, since_submit_s: float) -> None:
+        """A request's first iterate is computed."""
+        self.first.observe(since_submit_s)
+
+    def tick(self, seconds: float, rows: int) -> None:
+        """One tick over `rows` rows."""
+        self.tick_s.observe(seconds)
+        self.iterations.inc(rows)
+
+    def finished(self, job: SolveJob, result: SolveResult) -> None:
+        """A request stopped (or failed)."""
+        self.m.requests.labels(self.model, result.status).inc()
+        self.latency.observe(result.queue_ms / 1e3 + result.solve_ms / 1e3)
+        self.iters.observe(result.iterations)
+        if result.residual is not None and result.residual == result.residual:
+            self.residual.observe(result.residual)
+
+
+class _EngineGauges(Collector):
+    """requests_running, requests_waiting and batch_rows of every engine, read at scrape time
+    (one collector for all of them: a metric family may appear once in an exposition)."""
+
+    def __init__(self, engines: list[Engine]) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """One sample per engine for each gauge."""
+        running = GaugeMetricFamily("eqserve_requests_running", "Requests in the batch", labels=["model"])
+        waiting = GaugeMetricFamily(
+            "eqserve_requests_waiting", "Requests waiting for a row", labels=["model"]
+        )
+        rows = GaugeMetricFamily("eqserve_batch_rows", "Rows the last tick computed", labels=["model"])
+        for e in self.engines:
+            running.add_metric([e.name], e.running)
+            waiting.add_metric([e.name], e.waiting)
+            rows.add_metric([e.name], e.last_tick_rows)
+        return [running, waiting, rows]

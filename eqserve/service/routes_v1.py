@@ -1,0 +1,92 @@
+"""The native API: POST /v1/solve and the model listing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from eqserve.service.engine import ModelStepError, SolveJob, SolveResult
+from eqserve.service.errors import ApiError, read_json, validate
+from eqserve.service.responses import to_response
+from eqserve.service.routes_stream import sse_response
+from eqserve.service.schemas import SolveRequest, SolveResponse
+from eqserve.service.state import Served, ServerState
+
+router = APIRouter()
+
+DISCONNECT_POLL_S = 0.25
+"""How often a waiting /v1/solve checks that its client is still there."""
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.eq
+
+
+async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> SolveResult:
+    """Await the solve; a client that goes away cancels it, a model fault is a 500."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return fut.result()
+            if await request.is_disconnected():
+                job.cancelled = True
+    except asyncio.CancelledError:
+        job.cancelled = True
+        raise
+    except ModelStepError as exc:
+        raise ApiError(500, "model_error", str(exc)) from None
+
+
+@router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_unset=True)
+async def solve(request: Request) -> Any:
+    """Solve one fixed point within the request's budget."""
+    state = _state(request)
+    req = validate(SolveRequest, await read_json(request))
+    if req.stream:
+        return sse_response(state, req)
+    served = state.get(req.model)
+    job = state.build(served, req)
+    result = await wait_result(request, job, state.submit(served, job))
+    # Serialized here, once: FastAPI's response_model path would validate and re-encode the answer.
+    body = to_response(req.model, result).model_dump_json(exclude_unset=True)
+    return Response(body, media_type="application/json")
+
+
+def describe(served: Served, full: bool) -> dict[str, Any]:
+    """A model's listing entry; `full` adds schemas and the example input."""
+    meta = served.meta
+    out: dict[str, Any] = {
+        "name": meta.name,
+        "description": meta.description,
+        "state_dim": meta.state_dim,
+        "dtype": meta.dtype,
+        "fused_kernel": meta.fused_kernel,
+        "defaults": {
+            "budget": {
+                "max_iters": meta.default_max_iters,
+                "tol": meta.default_tol,
+                "stop_mode": meta.default_stop_mode,
+            },
+            "solver": meta.default_solver,
+        },
+    }
+    if full:
+        out["example_input"] = meta.example_input
+        out["input_schema"] = served.model.input_schema()
+        out["output_schema"] = served.model.output_schema()
+    return out
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every served model with its defaults."""
+    return {"models": [describe(s, full=False) for s in _state(request).served.values()]}
+
+
+@router.get("/v1/models/{name}")
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    """One model: schemas, defaults, an example input."""
+    return describe(_state(request).get(name), full=True)
