@@ -20,7 +20,7 @@ from eqserve.service.app import create_app
 from eqserve.service.client import Client, EqserveError
 from eqserve.service.config import Settings
 from eqserve.service.engine import Engine, SolveJob, SolveResult
-from eqserve.service.streams import MUTED, EventStream, Iterate, iterate_encoder
+from eqserve.service.streams import MUTED, STRIDE_MARGIN, EventStream, Iterate, iterate_encoder
 from tests.live_server import live_server
 from tests.service.test_disconnect import assert_engine_goes_idle
 
@@ -364,10 +364,15 @@ def test_the_worker_is_spared_the_iterates_a_stream_would_drop(stall: bool) -> N
     engine = Engine(model)
     engine.start()
     iterations = 20_000
+    ctx = model.encode(model.Input.model_validate({"x": [1e-6]}))  # G moves y by ~1 per step
+    # The stream's rate is set from this machine's own speed, so that the solve outruns it ~8 times.
+    probe = engine.submit(SolveJob(id="probe", ctx=ctx, y0=model.init(ctx), max_iters=2000, tol=0.0))
+    measured = probe.result(timeout=60)
+    per_s = measured.iterations / (measured.solve_ms / 1e3)
+    rate = per_s / (8 * STRIDE_MARGIN)
 
     async def scenario() -> tuple[EventStream, list[dict], SolveResult, list[int]]:
-        stream = EventStream(asyncio.get_running_loop(), 64, encode_t, rate=2000.0)
-        ctx = model.encode(model.Input.model_validate({"x": [1e-6]}))  # G moves y by ~1 per step
+        stream = EventStream(asyncio.get_running_loop(), 64, encode_t, rate=rate)
         job = SolveJob(id="s", ctx=ctx, y0=model.init(ctx), max_iters=iterations, tol=0.0)
         stream.attach(job)
         got: list[dict] = []
