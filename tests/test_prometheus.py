@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,10 +36,33 @@ def need(program: str) -> str:
     return path
 
 
+@contextmanager
+def run_prometheus(config: Path, workdir: Path) -> Iterator[str]:
+    """A real Prometheus with `config`, its data and log in `workdir`, on a free loopback port; yields
+    its URL once it is ready."""
+    binary = need("prometheus")
+    port = free_port()
+    log = workdir / "prometheus.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    prom = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, f"{prom}/-/ready", log, timeout=30)
+        yield prom
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(eqserve URL, Prometheus URL), Prometheus scraping eqserve every 0.5 s."""
-    binary = need("prometheus")
+    need("prometheus")
     app = create_app(Settings(models=[]), {"reciprocal": Reciprocal()})
     with live_server(app) as url:
         config = tmp_path / "prometheus.yml"
@@ -47,22 +71,8 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, str]]:
             "scrape_configs:\n  - job_name: eqserve\n    static_configs:\n"
             f"      - targets: ['{url.removeprefix('http://')}']\n"
         )
-        port = free_port()
-        log = tmp_path / "prometheus.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        prom = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(proc, f"{prom}/-/ready", log, timeout=30)
+        with run_prometheus(config, tmp_path) as prom:
             yield url, prom
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def query(prom: str, promql: str) -> float | None:

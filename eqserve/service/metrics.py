@@ -15,6 +15,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from eqserve.kernels.reference import Stop
 from eqserve.service.engine import Engine, SolveJob, SolveResult
 
 disable_created_metrics()  # the *_created series only double the scrape size
@@ -120,6 +121,13 @@ class _EngineObserver:
 
     def __init__(self, m: Metrics, model: str) -> None:
         self.m, self.model = m, model
+        # every status and queue_full at zero from the start: rate() and increase() need a sample before
+        # the first increment, or a status's first solves never show (dashboards, alerts)
+        for stop in Stop:
+            if stop is not Stop.RUNNING:
+                m.requests.labels(model, stop.label)
+        m.rejected.labels(model, "queue_full")
+        m.stream_clients.labels(model)
         self.iterations = m.iterations.labels(model)
         self.latency = m.latency.labels(model)
         self.queue_wait = m.queue_wait.labels(model)
