@@ -2,7 +2,8 @@
 
 Each field of a schema is one tensor named after it (its alias if it has one): `float` → the model's
 float datatype with shape [1], `list[float]` → shape [-1], nested lists → one -1 per level, `int`
-→ INT64, `bool` → BOOL, `str` (and str literals) → BYTES. Data travels flat in row-major order.
+→ INT64, `bool` → BOOL, `str` (and str literals) → BYTES. Data travels flat in row-major order, in
+the JSON `data` or (see `eqserve.service.v2_binary`) as raw bytes after the JSON.
 """
 
 from __future__ import annotations
@@ -18,22 +19,23 @@ from pydantic.fields import FieldInfo
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
 ]  # fmt: skip
-"""The protocol's tensor datatypes."""
+"""The protocol's tensor datatypes (BF16 comes from the binary extension; JSON carries it as numbers)."""
 
-FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 INT_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 
 
 class Tensor(BaseModel):
-    """One tensor as the protocol's JSON carries it; `data` may be flat or nested, row-major."""
+    """One tensor as the protocol's JSON carries it; `data` may be flat or nested, row-major, and is
+    absent where the tensor's bytes follow the JSON (`parameters.binary_data_size`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     shape: list[NonNegativeInt]
     datatype: Datatype
-    data: list[Any]
+    data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -43,6 +45,14 @@ class TensorError(ValueError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class NoTensorForm(TypeError):
+    """A schema field that no tensor can carry; `field` names it and its annotation."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} has no v2 tensor form; the model must override v2_inputs/v2_outputs")
+        self.field = field
 
 
 def float_datatype(dtype: torch.dtype) -> str:
@@ -125,6 +135,8 @@ class TensorSpec:
     def decode(self, t: Tensor) -> Any:
         """The field's value from a request tensor; TensorError naming it when it does not fit."""
         what = f"tensor {t.name!r}"
+        if t.data is None:
+            raise TensorError(t.name, f"{what} has no data: give `data` or `parameters.binary_data_size`")
         if t.datatype not in self.kind.accepts:
             raise TensorError(t.name, f"{what} has datatype {t.datatype}, expected {self.kind.datatype}")
         scalar = self.ndim == 0 and len(t.shape) <= 1 and math.prod(t.shape) == 1
@@ -153,10 +165,7 @@ class TensorSpec:
 def _spec(schema: type[BaseModel], name: str, f: FieldInfo, float_type: str) -> TensorSpec:
     element = _element(f.annotation)
     if element is None:
-        raise TypeError(
-            f"{schema.__name__}.{name}: {f.annotation} has no v2 tensor form; "
-            "the model must override v2_inputs/v2_outputs"
-        )
+        raise NoTensorForm(f"{schema.__name__}.{name}: {f.annotation}")
     label, ndim = element
     kind = _Kind(label, _ACCEPTS[label], _ANSWER.get(label, float_type))
     return TensorSpec(f.alias or name, kind, ndim, f.is_required())

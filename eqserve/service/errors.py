@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: {"error": {"type", "message", "field"?}}."""
+"""One JSON error shape for every failure: {"error": {"type", "message", "field"?}}, and under /v2 the
+protocol's {"error": message}."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class ApiError(Exception):
         self.status, self.type, self.message, self.field = status, type_, message, field
         self.headers = headers
 
-    def response(self) -> JSONResponse:
-        """The JSON response for this error."""
-        return JSONResponse(error_body(self.type, self.message, self.field), self.status, self.headers)
+    def response(self, path: str) -> JSONResponse:
+        """The JSON response for this error on a route at `path`."""
+        return shaped(path, self.status, self.type, self.message, self.field, self.headers)
 
 
 def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -43,6 +44,21 @@ def error_body(type_: str, message: str, field: str | None = None) -> dict[str, 
     if field is not None:
         err["field"] = field
     return {"error": err}
+
+
+def shaped(
+    path: str,
+    status: int,
+    type_: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error in the shape of the protocol at `path`: v2 clients read `{"error": message}` (and take
+    400 where v1 says 422); every other route answers `error_body`."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return JSONResponse({"error": message}, 400 if status == 422 else status, headers)
+    return JSONResponse(error_body(type_, message, field), status, headers)
 
 
 def validate(schema: type[M], data: Any, prefix: str = "") -> M:
@@ -58,7 +74,11 @@ def validate(schema: type[M], data: Any, prefix: str = "") -> M:
 
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON, or a 422 saying where it is malformed."""
-    raw = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` parsed as JSON, or a 422 saying where it is malformed."""
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -69,21 +89,24 @@ def install_handlers(app: FastAPI) -> None:
     """Route every exception through the one error shape."""
 
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"][1:]) or None
-        return JSONResponse(error_body("invalid_request", str(first["msg"]), field), 422)
+        return shaped(request.url.path, 422, "invalid_request", str(first["msg"]), field)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), exc.status_code, exc.headers)
+        return shaped(request.url.path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # The cause goes to the log only: its text may carry paths, values or code of the server.
         log.exception("unhandled error")
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), 500)
+        return shaped(
+            request.url.path, 500, "internal_error", "internal server error; the server log has the cause"
+        )

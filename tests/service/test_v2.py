@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,6 +21,8 @@ from eqserve.models.deq_mlp.model import HELDOUT_FILE, DeqMLP
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.models.registry import WEIGHTS_DIR, load_model
 from eqserve.models.tensors import Tensor, TensorError, TensorMap
+from eqserve.service.app import create_app
+from eqserve.service.config import Settings
 from tests.conftest import make_client
 from tests.fake_models import NAN_X, RAISE_X, Faulty
 
@@ -80,7 +86,11 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/reciprocal/ready").json() == {"name": "reciprocal", "ready": True}
-    assert client.get("/v2").json() == {"name": "eqserve", "version": client.app.version, "extensions": []}
+    assert client.get("/v2").json() == {
+        "name": "eqserve",
+        "version": client.app.version,
+        "extensions": ["binary_tensor_data", "parameters"],
+    }
     missing = client.get("/v2/models/nope/ready")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
@@ -337,3 +347,204 @@ def test_shipped_deq_mlp_over_v2() -> None:
         v2 = infer(client, "deq-mlp", inputs=[x_tensor(x, datatype="FP32")]).json()
         assert v2["parameters"]["status"] == v1["status"] == "converged"
         assert v2["outputs"][0]["data"] == pytest.approx(v1["output"]["y"], rel=1e-6)
+
+
+def binary_body(header: dict[str, Any], *tensors: bytes) -> tuple[bytes, dict[str, str]]:
+    """A request in the binary tensor data extension: the JSON header, then each tensor's bytes."""
+    head = json.dumps(header).encode()
+    return head + b"".join(tensors), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def split_answer(r: httpx.Response) -> tuple[dict[str, Any], bytes]:
+    """A binary answer's JSON header and the bytes after it."""
+    n = int(r.headers["Inference-Header-Content-Length"])
+    return json.loads(r.content[:n]), r.content[n:]
+
+
+def f64(*x: float) -> bytes:
+    return np.array(x, dtype="<f8").tobytes()
+
+
+PLAIN = {"inputs": [x_tensor([0.5])]}
+"""A request with a JSON tensor, to add parameters and outputs to."""
+
+
+def binary_x(nbytes: int, **extra: Any) -> dict[str, Any]:
+    """The JSON of a binary FP64 `x` of `nbytes` bytes."""
+    return {
+        "name": "x",
+        "shape": [nbytes // 8],
+        "datatype": "FP64",
+        "parameters": {"binary_data_size": nbytes},
+    } | extra
+
+
+def test_binary_inputs_and_outputs(client: TestClient) -> None:
+    eta = {"name": "eta", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}}
+    header = {"inputs": [binary_x(16), eta], "parameters": {"tol": 1e-12, "binary_data_output": True}}
+    content, headers = binary_body(header, f64(0.5, 1.5), f64(0.8))
+    r = client.post("/v2/models/reciprocal/infer", content=content, headers=headers)
+    assert r.status_code == 200, r.text
+    head, tail = split_answer(r)
+    [y] = head["outputs"]
+    assert y == {"name": "y", "shape": [2], "datatype": "FP64", "parameters": {"binary_data_size": 16}}
+    v1 = {"model": "reciprocal", "input": {"x": [0.5, 1.5], "eta": 0.8}, "budget": {"tol": 1e-12}}
+    v1 = client.post("/v1/solve", json=v1).json()
+    assert head["parameters"]["iterations"] == v1["iterations"]
+    assert np.frombuffer(tail, "<f8").tolist() == v1["output"]["y"]
+    assert v1["output"]["y"] == pytest.approx([2.0, 1 / 1.5], abs=1e-9)
+
+
+def test_outputs_choose_binary_or_json_each(client: TestClient) -> None:
+    body = {
+        "inputs": [x_tensor([0.5, 0.25])],
+        "parameters": {"tol": 1e-10, "binary_data_output": True},
+        "outputs": [{"name": "mean", "parameters": {"binary_data": False}}, {"name": "y"}],
+    }
+    head, tail = split_answer(client.post("/v2/models/with-mean/infer", json=body))
+    mean, y = head["outputs"]
+    assert mean["data"] == pytest.approx([3.0]) and "parameters" not in mean
+    assert y["parameters"] == {"binary_data_size": 16} and np.frombuffer(tail, "<f8") == pytest.approx([2, 4])
+    body["parameters"] = {"tol": 1e-10}
+    plain = client.post("/v2/models/with-mean/infer", json=body)
+    assert "Inference-Header-Content-Length" not in plain.headers
+    assert [o["data"] for o in plain.json()["outputs"]] == [pytest.approx([3.0]), pytest.approx([2, 4])]
+
+
+def test_bf16_binary_input_reaches_a_float_model(client: TestClient) -> None:
+    x = [0.125, 0.5, 0.75, 1.0]  # exact in bfloat16: its bytes are float32's upper halves
+    bf16 = (np.array(x, dtype="<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    header = {
+        "inputs": [{"name": "x", "shape": [4], "datatype": "BF16", "parameters": {"binary_data_size": 8}}]
+    }
+    content, headers = binary_body(header, bf16)
+    binary = client.post("/v2/models/deq-mlp/infer", content=content, headers=headers)
+    plain = infer(client, "deq-mlp", inputs=[x_tensor(x, datatype="FP32")])
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["outputs"] == plain.json()["outputs"]
+
+
+def test_gzip_request_body(client: TestClient) -> None:
+    content = gzip.compress(json.dumps({"inputs": [x_tensor([0.5])]}).encode())
+    r = client.post("/v2/models/reciprocal/infer", content=content, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == pytest.approx([2.0])
+
+
+@pytest.mark.parametrize(
+    ("header", "tail", "length", "says"),
+    [
+        ({"inputs": [binary_x(16)]}, f64(0.5, 0.25), "abc", "Inference-Header-Content-Length: 'abc'"),
+        ({"inputs": [binary_x(16)]}, f64(0.5, 0.25), "99999", "Inference-Header-Content-Length: '99999'"),
+        ({"inputs": [binary_x(16)]}, f64(0.5), None, "binary_data_size: tensor 'x' needs 16 bytes; 8 follow"),
+        ({"inputs": [binary_x(8)]}, f64(0.5, 0.25), None, "8 bytes after the JSON header belong to no input"),
+        ({"inputs": [binary_x(8, data=[0.5])]}, f64(0.5), None, "inputs.0.data: tensor 'x' has both"),
+        ({"inputs": [binary_x(8) | {"parameters": {"binary_data_size": "8"}}]}, f64(0.5), None,
+         "inputs.0.parameters.binary_data_size: '8' is not a byte count"),
+        ({"inputs": [binary_x(8) | {"shape": [2]}]}, f64(0.5), None, "of shape [2] needs 2 elements, got 1"),
+        ({"inputs": [binary_x(7)]}, f64(0.5)[:7], None, "7 bytes is not a whole number of FP64 elements"),
+        ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP64"}]}, b"", None, "tensor 'x' has no data"),
+        ({"inputs": [x_tensor([0.5]) | {"parameters": {"shared_memory_region": "r"}}]}, b"", None,
+         "inputs.0.parameters.shared_memory_region: eqserve does not speak the shared-memory"),
+        (PLAIN | {"outputs": [{"name": "y", "parameters": {"binary_data": "often"}}]}, b"",
+         None, "outputs.0.parameters.binary_data"),
+        (PLAIN | {"outputs": [{"name": "y", "parameters": {"classification": 2}}]}, b"",
+         None, "outputs.0.parameters.classification: eqserve does not speak the classification"),
+        (PLAIN | {"parameters": {"sequence_id": 3}}, b"", None, "sequence batching"),
+        (PLAIN | {"parameters": {"priority": 1}}, b"", None, "by priority"),
+        (PLAIN | {"parameters": {"binary_data_output": "often"}}, b"", None,
+         "parameters.binary_data_output"),
+        (PLAIN | {"parameters": {"timeout": 10, "timeout_s": 1}}, b"", None, "not both"),
+        (PLAIN | {"parameters": {"timeout": 0}}, b"", None, "parameters.timeout"),
+    ],
+)  # fmt: skip
+def test_bad_binary_and_protocol_parameters_are_400_naming_them(
+    client: TestClient, header: dict, tail: bytes, length: str | None, says: str
+) -> None:
+    content, headers = binary_body(header, tail)
+    if length is not None:
+        headers["Inference-Header-Content-Length"] = length
+    elif not any("binary_data_size" in (t.get("parameters") or {}) for t in header["inputs"]):
+        headers = {}
+    r = client.post("/v2/models/reciprocal/infer", content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and says in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"\x01\x00", "truncated length"),
+        (b"\x09\x00\x00\x00abc", "runs past the tensor's end"),
+        (b"\x01\x00\x00\x00\xff", "is not UTF-8 text"),
+    ],
+)
+def test_bad_binary_bytes_elements_are_400(client: TestClient, raw: bytes, says: str) -> None:
+    header = {
+        "inputs": [
+            {"name": "tags", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+        ]
+    }
+    content, headers = binary_body(header, raw)
+    r = client.post("/v2/models/with-mean/infer", content=content, headers=headers)
+    assert (
+        r.status_code == 400
+        and "inputs.0.parameters.binary_data_size: BYTES element at byte 0" in r.json()["error"]
+    )
+    assert says in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "says"),
+    [("br", "Content-Encoding 'br'"), ("gzip", "Content-Encoding gzip: the body does not")],
+)
+def test_unknown_or_broken_content_encoding_is_400(client: TestClient, encoding: str, says: str) -> None:
+    r = client.post("/v2/models/reciprocal/infer", content=b"{}", headers={"Content-Encoding": encoding})
+    assert r.status_code == 400 and says in r.json()["error"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded; charset=utf-8"])
+def test_bodies_a_form_can_post_are_415(client: TestClient, content_type: str) -> None:
+    """A page on another site can post these without asking; JSON, bytes and no type (Triton's
+    clients) pass."""
+    body = json.dumps({"inputs": [x_tensor([0.5])]}).encode()
+    refused = client.post("/v2/models/reciprocal/infer", content=body, headers={"Content-Type": content_type})
+    assert refused.status_code == 415 and "application/json" in refused.json()["error"]
+    for ok in ("application/json", "application/octet-stream"):
+        r = client.post("/v2/models/reciprocal/infer", content=body, headers={"Content-Type": ok})
+        assert r.status_code == 200, r.text
+
+
+class RaggedOutput(BaseModel):
+    """A grid output, which decode below makes ragged."""
+
+    grid: list[list[float]]
+
+
+class Ragged(Reciprocal):
+    """Reciprocal whose output no tensor can hold: a server-side fault at answer time."""
+
+    name = "ragged"
+    Output = RaggedOutput
+
+    def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
+        return {"grid": [[0.0], [0.0, 1.0]]}
+
+
+def test_errors_on_v2_routes_are_v2_shaped_and_5xx_reveal_nothing() -> None:
+    app = create_app(Settings(models=[]), {"ragged": Ragged()})  # type: ignore[call-arg]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        fault = client.post("/v2/models/ragged/infer", json={"inputs": [x_tensor([0.5])]})
+        assert fault.status_code == 500 and set(fault.json()) == {"error"}
+        assert isinstance(fault.json()["error"], str)
+        assert not {"rectangular", "ValueError", "grid"} & set(
+            fault.json()["error"].replace(":", " ").split()
+        )
+        assert client.post("/v1/solve", json={"model": "ragged", "input": {"x": [0.5]}}).status_code == 200
+        for method, path, status in [
+            ("GET", "/v2/models/ragged/config", 404),
+            ("GET", "/v2/models/ragged/infer", 405),
+        ]:
+            r = client.request(method, path)
+            assert r.status_code == status and isinstance(r.json()["error"], str), r.text
+        v1 = client.get("/v1/nothing-here")
+        assert v1.status_code == 404 and v1.json()["error"]["type"] == "not_found"
