@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from eqserve.kernels.reference import Stop, decide, residuals
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.deq_mlp.model import HELDOUT_FILE
-from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.registry import load_model
+from eqserve.models.shipped import WEIGHTS_DIR
 from eqserve.service.engine import Engine, NullObserver, SolveJob
 from eqserve.service.solvers import SolverState
 

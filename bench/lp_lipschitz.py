@@ -24,7 +24,8 @@ from eqserve.models.lp_gnn.data import LP, load_lps, solve
 from eqserve.models.lp_gnn.graph import lp_errors, lp_graph, union
 from eqserve.models.lp_gnn.model import HELDOUT_FILE
 from eqserve.models.lp_gnn.networks import ImplicitGNN
-from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.registry import load_model
+from eqserve.models.shipped import WEIGHTS_DIR
 
 MODES = ("A", "b", "c", "l", "u")
 EPS = 1e-4

@@ -36,8 +36,9 @@ from typing import Any
 import httpx
 from http_load import Connection, HttpError
 
+from eqserve.models.shipped import WEIGHTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "models" / "weights"
 MODES = ("sequential", "static", "continuous")
 TOL_RANGE = (1e-6, 1e-2)
 READY_TIMEOUT_S = 120.0
@@ -175,7 +176,7 @@ class ModeResult:
 def _inputs(model: str, n: int, rng: random.Random) -> list[dict[str, Any]]:
     """n model inputs: held-out x (shuffled, cycled) or uniform [0.05, 1]^4; reciprocal: (0, 2)."""
     if model == "deq-mlp":
-        held = WEIGHTS / "deq-mlp-heldout.safetensors"
+        held = WEIGHTS_DIR / "deq-mlp-heldout.safetensors"
         if held.exists():
             from safetensors.numpy import load_file
 
@@ -494,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {MODES}")
-    if args.model == "deq-mlp" and not (WEIGHTS / "deq-mlp.safetensors").exists():
-        raise SystemExit(f"{WEIGHTS / 'deq-mlp.safetensors'} is missing: train it or pass --model reciprocal")
+    if args.model == "deq-mlp" and not (WEIGHTS_DIR / "deq-mlp.safetensors").exists():
+        missing = WEIGHTS_DIR / "deq-mlp.safetensors"
+        raise SystemExit(f"{missing} is missing: train it or pass --model reciprocal")
 
     bodies = make_requests(args.model, n, args.max_iters, args.seed)
     warmup = make_requests(args.model, warm_n, args.max_iters, args.seed + 1)

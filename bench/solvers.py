@@ -46,7 +46,8 @@ from torchdeq.solver import anderson_solver, fixed_point_iter
 
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.deq_mlp.model import HELDOUT_FILE
-from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.registry import load_model
+from eqserve.models.shipped import WEIGHTS_DIR
 from eqserve.service.engine import Engine, NullObserver, SolveJob
 
 ROWS = 64

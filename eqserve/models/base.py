@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -11,6 +13,7 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file
 from torch import nn
 
+from eqserve.models.padding import bound, fits, pad_to
 from eqserve.models.tensors import TensorMap, float_datatype
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -31,13 +34,14 @@ class InputError(ValueError):
 
 @dataclass
 class ModelMeta:
-    """What a client and the server need to know about a model."""
+    """What a client and the server need to know about a served model."""
 
     name: str
     description: str
-    state_dim: int | None
+    state_shape: list[int] | None
+    """The state shape of the example input (None without one): what a warm start looks like."""
     dtype: str
-    example_input: dict[str, Any]
+    example_input: dict[str, Any] | None
     default_max_iters: int = 100
     default_tol: float = 1e-5
     default_stop_mode: str = "abs"
@@ -59,41 +63,76 @@ class EvalReport:
     baseline: dict[str, Any] | None = None
 
 
+DEFAULT_KEYS = frozenset({"max_iters", "tol", "stop_mode", "solver"})
+"""The request defaults a model (or its `eqserve.toml`'s `[defaults]`) may set."""
+
+
 class ImplicitModel(nn.Module):
     """An operator G(y, x) whose fixed point y* = G(y*, x) is the answer.
 
-    Subclasses set `name`, `Input`, `Output` (pydantic schemas) and implement the four steps.
-    States are flat per row: `init` returns (1, n) and the engine stacks rows into (B, n_max),
-    zero-padded, so a model whose state size varies per request keeps G(y) zero in its padding.
+    A model sets `Input` and `Output` (pydantic schemas) and implements `encode`, `state_shape`,
+    `step` and `decode`; everything else is optional. Each row's state has the shape
+    `state_shape(ctx)`; the engine stacks rows into (B, *S), S the per-axis maximum of the batch's
+    shapes, zero-padded per axis, and zeroes G(y) in each row's padding, so rows of different shapes
+    share a batch. `name` is per instance (the server sets it from the model's configuration), so one
+    class serves two checkpoints under two names.
     """
 
-    name: ClassVar[str]
+    name: str = ""
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
-
-    def meta(self) -> ModelMeta:
-        """Metadata: state size, defaults, example input."""
-        raise NotImplementedError
+    description: str = ""
+    """One line for clients; the class docstring's first line when empty."""
+    example_input: dict[str, Any] | None = None
+    """An input that `eqserve check` and the live page start from."""
+    defaults: dict[str, Any] = {}  # noqa: RUF012 (read-only; an instance may replace it)
+    """Request defaults: `max_iters`, `tol`, `stop_mode`, `solver` ({"method", "damping", "m"})."""
+    state_dtype: torch.dtype | None = None
+    """The state's dtype where the model has no parameters to take it from (None: torch's default)."""
 
     def encode(self, inp: BaseModel) -> Ctx:
         """Everything that depends on the input alone, computed once per request (one row)."""
         raise NotImplementedError
 
-    def init(self, ctx: Ctx) -> torch.Tensor:
-        """The starting state y0 of one request, shape (1, n)."""
-        return torch.zeros(1, self.state_size(ctx), dtype=self.dtype(), device=self.device())
-
-    def state_size(self, ctx: Ctx) -> int:
-        """Number of state entries of this request's row."""
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        """One row's state shape, e.g. (n,), (n, n) or (3, 64, 64)."""
         raise NotImplementedError
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
-        """G(y, x) for a batch: y is (B, n), ctx is `collate` of B contexts."""
+        """G(y, x) for a batch: y is (B, *S), ctx is `collate` of B contexts."""
         raise NotImplementedError
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
-        """The JSON output for one row: y is (1, n), ctx one request's context."""
+        """The JSON output for one row: y is (1, *state_shape(ctx)), ctx one request's context."""
         raise NotImplementedError
+
+    def init(self, ctx: Ctx) -> torch.Tensor:
+        """The starting state y0 of one request, shape (1, *state_shape(ctx))."""
+        return torch.zeros(1, *self.state_shape(ctx), dtype=self.dtype(), device=self.device())
+
+    def state_size(self, ctx: Ctx) -> int:
+        """Number of state entries of this request's row."""
+        return math.prod(self.state_shape(ctx))
+
+    def meta(self) -> ModelMeta:
+        """Metadata for clients, from `description`, `example_input` and `defaults`."""
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        d = self.defaults
+        shape = None
+        if self.example_input is not None:
+            shape = list(self.state_shape(self.encode(self.Input.model_validate(self.example_input))))
+        return ModelMeta(
+            name=self.name,
+            description=self.description or (doc[0] if doc else ""),
+            state_shape=shape,
+            dtype=str(self.dtype()).removeprefix("torch."),
+            example_input=self.example_input,
+            default_max_iters=int(d.get("max_iters", 100)),
+            default_tol=float(d.get("tol", 1e-5)),
+            default_stop_mode=str(d.get("stop_mode", "abs")),
+            default_solver={"method": "picard", "damping": 1.0, "m": 10} | dict(d.get("solver", {})),
+            fused_kernel=type(self).dense_form is not ImplicitModel.dense_form,
+        )
 
     def dense_form(self, ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(W, inj) when G(y) = tanh(y Wᵀ + inj) for this batch context, so fused kernels can serve
@@ -101,8 +140,17 @@ class ImplicitModel(nn.Module):
         return None
 
     def collate(self, ctxs: list[Ctx]) -> Ctx:
-        """Stack B contexts into one batch context. Same-size models concatenate along dim 0."""
-        return {k: torch.cat([c[k] for c in ctxs], dim=0) for k in ctxs[0]}
+        """Stack B contexts into one batch context along dim 0, zero-padding each tensor per axis to
+        the batch's largest where their shapes differ (row i stays row i: row-aligned)."""
+        out = {}
+        for k in ctxs[0]:
+            parts = [c[k] for c in ctxs]
+            shapes = {tuple(p.shape[1:]) for p in parts}
+            if len(shapes) > 1:
+                top = bound(list(shapes))
+                parts = [pad_to(p, top) for p in parts]
+            out[k] = torch.cat(parts, dim=0)
+        return out
 
     @property
     def row_aligned(self) -> bool:
@@ -120,29 +168,34 @@ class ImplicitModel(nn.Module):
             return self.collate(kept + fresh)
         out = bctx if keep is None else {k: v.index_select(0, keep) for k, v in bctx.items()}
         if fresh:
-            new = self.collate(fresh)
-            out = {k: torch.cat([out[k], new[k]]) for k in out}
+            out = self.collate([out, self.collate(fresh)])
         return out
+
+    def placeable(self, bctx: Ctx, fresh: list[Ctx]) -> bool:
+        """Whether `fresh` contexts fit the batch context's rows as they are (row-aligned models)."""
+        return all(fits(tuple(c[k].shape[1:]), tuple(v.shape[1:])) for c in fresh for k, v in bctx.items())
 
     def place(self, bctx: Ctx, slots: torch.Tensor, fresh: list[Ctx]) -> None:
         """Write the `fresh` contexts into rows `slots` of the batch context, in place (row-aligned
         models only: the engine re-collates the others through `rebatch`)."""
         new = self.collate(fresh)
         for k, v in bctx.items():
-            v.index_copy_(0, slots, new[k])
+            v.index_copy_(0, slots, pad_to(new[k], tuple(v.shape[1:])))
 
     def evaluate(self, iters: list[int]) -> EvalReport:
         """E_t on the model's shipped held-out set."""
         raise NotImplementedError(f"model {self.name!r} ships no held-out set")
 
     def _placement(self) -> tuple[torch.dtype, torch.device]:
-        """(dtype, device) of the first parameter, kept until `.to()` and friends move the model.
-
-        Walking `parameters()` on every request cost ~16 % of the HTTP thread under load.
-        """
+        """(dtype, device) of the first parameter or buffer (`state_dtype` on the CPU without one), kept
+        until `.to()` and friends move the model: walking `parameters()` per request is not free."""
         if (found := self.__dict__.get("_placed")) is None:
-            first = next(iter(self.parameters()), torch.zeros(()))
-            found = self.__dict__["_placed"] = (first.dtype, first.device)
+            first = next(itertools.chain(self.parameters(), self.buffers()), None)
+            if first is None:
+                found = (self.state_dtype or torch.get_default_dtype(), torch.device("cpu"))
+            else:
+                found = (self.state_dtype or first.dtype, first.device)
+            self.__dict__["_placed"] = found
         return found
 
     def _apply(self, fn: Any, recurse: bool = True) -> ImplicitModel:

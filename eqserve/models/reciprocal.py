@@ -13,7 +13,6 @@ from eqserve.models.base import (
     FiniteFloat,
     ImplicitModel,
     InputError,
-    ModelMeta,
     run_iterations,
 )
 from eqserve.models.padding import pad_rows
@@ -39,28 +38,14 @@ class Reciprocal(ImplicitModel):
     name = "reciprocal"
     Input = ReciprocalInput
     Output = ReciprocalOutput
+    description = "G(y, x) = y − η(x·y − 1) elementwise; converges to 1/x for 0 < η·x < 2"
+    example_input = {"x": [0.25, 0.5, 1.0, 1.5], "eta": 1.0}  # noqa: RUF012
+    defaults = {"max_iters": 200, "tol": 1e-8}  # noqa: RUF012
 
     def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> None:
         super().__init__()
-        self._dtype = dtype
-        self._device = torch.device(device)
-
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    def device(self) -> torch.device:
-        return self._device
-
-    def meta(self) -> ModelMeta:
-        return ModelMeta(
-            name=self.name,
-            description="G(y, x) = y − η(x·y − 1) elementwise; converges to 1/x for 0 < η·x < 2",
-            state_dim=None,
-            dtype=str(self._dtype).removeprefix("torch."),
-            example_input={"x": [0.25, 0.5, 1.0, 1.5], "eta": 1.0},
-            default_max_iters=200,
-            default_tol=1e-8,
-        )
+        # No parameters: an empty buffer carries the state's dtype and device through `.to()`.
+        self.register_buffer("anchor", torch.zeros(0, dtype=dtype, device=device), persistent=False)
 
     def encode(self, inp: ReciprocalInput) -> Ctx:  # type: ignore[override]
         for i, xi in enumerate(inp.x):
@@ -69,11 +54,12 @@ class Reciprocal(ImplicitModel):
                     f"input.x.{i}",
                     f"x[{i}] = {xi} with eta = {inp.eta}: G is a contraction only where 0 < eta*x < 2",
                 )
-        x = torch.tensor([inp.x], dtype=self._dtype, device=self._device)
-        return {"x": x, "eta": torch.full((1, 1), inp.eta, dtype=self._dtype, device=self._device)}
+        dtype, device = self.dtype(), self.device()
+        x = torch.tensor([inp.x], dtype=dtype, device=device)
+        return {"x": x, "eta": torch.full((1, 1), inp.eta, dtype=dtype, device=device)}
 
-    def state_size(self, ctx: Ctx) -> int:
-        return ctx["x"].shape[1]
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        return (ctx["x"].shape[1],)
 
     def collate(self, ctxs: list[Ctx]) -> Ctx:
         x, mask = pad_rows([c["x"] for c in ctxs])
@@ -84,12 +70,12 @@ class Reciprocal(ImplicitModel):
         return g * ctx["mask"] if "mask" in ctx else g
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
-        return {"y": y[0, : self.state_size(ctx)].tolist()}
+        return {"y": y[0].tolist()}
 
     def evaluate(self, iters: list[int]) -> EvalReport:
         """E_t = mean |y_t(x) − 1/x| · x over a grid of x in (0, 1] with η = 1 (no weights needed)."""
-        x = torch.linspace(0.02, 1.0, 50, dtype=self._dtype, device=self._device).unsqueeze(0)
-        ctx = {"x": x, "eta": torch.ones(1, 1, dtype=self._dtype, device=self._device)}
+        x = torch.linspace(0.02, 1.0, 50, dtype=self.dtype(), device=self.device()).unsqueeze(0)
+        ctx = {"x": x, "eta": torch.ones(1, 1, dtype=x.dtype, device=x.device)}
         ys = run_iterations(self, ctx, torch.zeros_like(x), iters)
         errors = [float(((ys[t] - 1 / x).abs() * x).mean()) for t in iters]
         return EvalReport(self.name, "mean relative error |y_t - 1/x| / (1/x)", list(iters), errors, params=0)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eqserve.models.registry import REGISTRY, load_model, names
+from eqserve.models.builtin import TRAINERS
+from eqserve.models.registry import load_model
 from eqserve.service import config
 from eqserve.service.client import DEFAULT_URL
 
@@ -19,14 +20,13 @@ PROGRESS_EVERY_S = 0.1
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from eqserve.service.app import create_app
+    from eqserve.service.drain import DrainingServer
     from eqserve.service.server import listen, uvicorn_config
 
     settings = config.load(args)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port, settings.log_level))
+    server = DrainingServer(uvicorn_config(app, settings.host, settings.port, settings.log_level))
     server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer)])
     return 0
 
@@ -93,16 +93,21 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from eqserve.models.check import check_model
+
+    model = load_model(args.spec, args.device)  # a ModelLoadError (a ValueError) names the problem
+    report = check_model(model)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def _train(args: argparse.Namespace) -> int:
-    entry = REGISTRY[args.model]
-    if entry.train is None:
-        print(f"model {args.model!r} has no trainer: it has no weights", file=sys.stderr)
-        return 2
     given = {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out, "emb": args.emb}
     extra = {k: v for k, v in given.items() if v is not None}
     if args.explicit:
         extra["explicit"] = True
-    summary = entry.train(**extra)
+    summary = TRAINERS[args.model](**extra)
     print(json.dumps(summary))
     return 0
 
@@ -141,9 +146,16 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eqserve", description="Serve implicit (fixed-point) models.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="start the server on the built-in models")
+    spec_help = "an installed model's name, a model directory, or package.module:attr"
+    serve = sub.add_parser("serve", help="serve the given models (default: every installed one)")
+    serve.add_argument("specs", nargs="*", metavar="SPEC", help=spec_help)
     config.add_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check", help="load a model and check its contract on its example input")
+    check.add_argument("spec", metavar="SPEC", help=spec_help)
+    check.add_argument("--device", default="cpu")
+    check.set_defaults(func=_check)
 
     solve = sub.add_parser("solve", help="solve one request on a running server")
     solve.add_argument("model")
@@ -164,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_models)
 
     train = sub.add_parser("train", help="train a built-in model and write its weights")
-    train.add_argument("model", choices=[n for n, e in REGISTRY.items() if e.train is not None])
+    train.add_argument("model", choices=list(TRAINERS))
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
@@ -173,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="error on the held-out set after each number of iterations")
-    ev.add_argument("model", choices=names())
+    ev.add_argument("model", metavar="SPEC", help="a model that ships a held-out set (e.g. deq-mlp)")
     ev.add_argument("--iters", default="1,2,4,8,16,32,64")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(func=_eval)

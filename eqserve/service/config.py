@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eqserve.kernels.dispatch import CHOICES
-from eqserve.models.registry import names
+from eqserve.models.registry import names, resolve
 
 
 @dataclass
@@ -18,7 +19,21 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=8000, metadata={"help": "port to bind"})
-    models: list[str] = field(default_factory=names, metadata={"help": "models to serve (comma-separated)"})
+    models: list[str] = field(
+        default_factory=names,
+        metadata={
+            "help": "models to serve, comma-separated: installed names, model directories or "
+            "package.module:attr (as `eqserve serve SPEC ...`); default: every installed model"
+        },
+    )
+    model_repository: str = field(
+        default="",
+        metadata={"help": "a folder whose model directories are all served (alone, unless SPECs are given)"},
+    )
+    model_control: bool = field(
+        default=False,
+        metadata={"help": "enable /v2/repository/* to load and unload the repository's models (runs code)"},
+    )
     device: str = field(default="cpu", metadata={"help": "torch device for the models (cpu, cuda, cuda:1)"})
     kernels: str = field(
         default="auto",
@@ -42,7 +57,40 @@ class Settings:
         default=300.0, metadata={"help": "largest budget.timeout_s; also the default"}
     )
     api_key: str = field(
-        default="", metadata={"help": "if set, /v1 and /v2 model routes need 'Bearer <key>'"}
+        default="",
+        metadata={
+            "help": "if set, /v1 and /v2 model routes need 'Bearer <key>'; prefer EQSERVE_API_KEY or "
+            "--api-key-file, which, unlike a flag, do not show in the process list"
+        },
+    )
+    api_key_file: str = field(
+        default="", metadata={"help": "a file holding the API key (its surrounding whitespace ignored)"}
+    )
+    allowed_origins: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "origins (scheme://host[:port], or *) whose pages may open the stream besides the "
+            "server's own (comma-separated)"
+        },
+    )
+    max_body_bytes: int = field(
+        default=32 * 1024 * 1024, metadata={"help": "largest request body; a larger one is refused with 413"}
+    )
+    max_connections: int = field(
+        default=1000, metadata={"help": "open connections (and requests) beyond which requests get 503"}
+    )
+    header_timeout_s: float = field(
+        default=10.0, metadata={"help": "a connection that has not sent its request's headers by then closes"}
+    )
+    keep_alive_s: float = field(
+        default=5.0, metadata={"help": "an idle keep-alive connection is closed after this long"}
+    )
+    drain_timeout_s: float = field(
+        default=20.0,
+        metadata={
+            "help": "on SIGTERM, how long solves in flight may run before they are cancelled (under "
+            "Kubernetes' 30 s grace)"
+        },
     )
     stream_grace_s: float = field(
         default=30.0, metadata={"help": "how long a stream keeps a stopped solve's state for 'extend'"}
@@ -60,9 +108,10 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in names()]
-        if unknown:
-            raise ValueError(f"unknown model(s) {', '.join(unknown)}; built-in: {', '.join(names())}")
+        for spec in self.models:
+            resolve(spec)  # a ValueError naming the problem
+        if self.model_control and not self.model_repository:
+            raise ValueError("model_control needs a model_repository to load models from")
         if self.batching not in ("continuous", "static"):
             raise ValueError(f"batching must be continuous or static, not {self.batching!r}")
         if self.kernels not in CHOICES:
@@ -73,12 +122,23 @@ class Settings:
             raise ValueError("send_buffer must be ≥ 0")
         if self.max_batch_rows < 1 or self.max_queue < 0:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
+        if self.max_body_bytes < 1 or self.max_connections < 1:
+            raise ValueError("max_body_bytes and max_connections must be ≥ 1")
+        if min(self.header_timeout_s, self.keep_alive_s, self.drain_timeout_s) <= 0:
+            raise ValueError("header_timeout_s, keep_alive_s and drain_timeout_s must be > 0")
+        if self.api_key_file and not self.api_key:
+            try:
+                self.api_key = Path(self.api_key_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"api_key_file: {exc}") from None
 
 
 def _parse(f: dataclasses.Field, text: str) -> Any:
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     if kind.startswith("list"):
         return [s.strip() for s in text.split(",") if s.strip()]
+    if kind == "bool":
+        return text.strip().lower() in ("1", "true", "yes", "on")
     return {"int": int, "float": float}.get(kind, str)(text)
 
 
@@ -90,13 +150,11 @@ def env_var(name: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one --flag per settings field; unset flags fall back to the environment, then defaults."""
     for f in dataclasses.fields(Settings):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=lambda s, f=f: _parse(f, s),
-            default=None,
-            help=f"{f.metadata['help']} [{env_var(f.name)}]",
-        )
+        flag, help_ = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} [{env_var(f.name)}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, type=lambda s, f=f: _parse(f, s), default=None, help=help_)
 
 
 def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -109,4 +167,9 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             values[f.name] = flag
         elif env_var(f.name) in environ:
             values[f.name] = _parse(f, environ[env_var(f.name)])
+    specs = getattr(args, "specs", None)
+    if specs:
+        values["models"] = specs
+    elif values.get("model_repository") and "models" not in values:
+        values["models"] = []  # a repository alone: its models, not the installed ones
     return Settings(**values)

@@ -31,8 +31,10 @@ import torch
 from eqserve.kernels.dispatch import Backend, dense_picard_step
 from eqserve.kernels.reference import Stop, decide, residuals
 from eqserve.models.base import Ctx, ImplicitModel
-from eqserve.models.padding import stack_rows
+from eqserve.models.padding import Shape, bound, fits, pack, pad_mask, refit, unpack
+from eqserve.service.arrays import Encoding, encode_state
 from eqserve.service.solvers import SolverState
+from eqserve.service.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,13 @@ class QueueFull(Exception):
     def __init__(self, model: str, retry_after: float) -> None:
         super().__init__(f"model {model!r} has too many waiting requests")
         self.retry_after = retry_after
+
+
+class EngineClosed(Exception):
+    """The model is being unloaded or replaced: its engine takes no new solves."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is being unloaded")
 
 
 class ModelStepError(Exception):
@@ -84,8 +93,8 @@ class NullObserver:
 
 
 IterateHook = Callable[[int, float, float, torch.Tensor | None], None]
-"""Called on the worker as hook(t, residual, rel_residual, y) every `every` iterations; y is a (1, n)
-view of the state, or None when the job's `iterate_y` says the hook does not look at it."""
+"""Called on the worker as hook(t, residual, rel_residual, y) every `every` iterations; y is a
+(1, *state_shape) view of the state, or None when the job's `iterate_y` says the hook does not look at it."""
 
 
 @dataclass
@@ -115,6 +124,7 @@ class SolveJob:
     trace: bool = False
     every: int = 1
     return_state: bool = False
+    state_encoding: Encoding = "list"
     on_iterate: IterateHook | None = None
     iterate_y: bool = True
     stride: int = 1
@@ -150,9 +160,9 @@ class SolveJob:
         return self.y0 if self.resume is None else self.resume.y
 
     @property
-    def size(self) -> int:
-        """Number of state entries of this request's row."""
-        return self.y0.shape[1]
+    def shape(self) -> Shape:
+        """This request's state shape (one row's, without the leading 1)."""
+        return tuple(self.y0.shape[1:])
 
 
 @dataclass
@@ -166,7 +176,8 @@ class SolveResult:
     rel_residual: float | None
     output: dict[str, Any] | None
     trace: list[dict[str, float]] | None
-    state: list[float] | None
+    state: Any
+    """The final state as `encode_state` gives it (None unless asked for)."""
     queue_ms: float
     solve_ms: float
     resume: Resume | None = None
@@ -188,7 +199,7 @@ class _Row:
     admitted: float
     iterations: int = 0
     offset: int = 0
-    size: int = field(init=False)
+    shape: Shape = field(init=False)
     deadline: float = field(init=False)
     watched: bool = field(init=False)
     residual: float | None = None
@@ -197,7 +208,7 @@ class _Row:
     trace: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.size = self.job.size
+        self.shape = self.job.shape
         self.deadline = self.job.deadline
         self.watched = self.job.trace or self.job.on_iterate is not None
 
@@ -231,6 +242,7 @@ class Engine:
         self._waiting: deque[SolveJob] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._rows: list[_Row | None] = []
         self._dead: list[int] = []
@@ -240,7 +252,7 @@ class Engine:
         self._next_deadline = math.inf
         self._cancellations = 0
         self._held: list[tuple[_Row, SolveResult]] = []
-        self._mean_solve_s = 0.05
+        self._throughput = Throughput()
         self._row_s = 0.0
         """Seconds one row costs a tick (moving average over ticks)."""
         self._rebuild_s = 1e-4
@@ -251,6 +263,11 @@ class Engine:
         self._t: dict[str, torch.Tensor] = {}
         self._solver: SolverState | None = None
         self._bctx: Ctx = {}
+        self._shape: Shape = ()
+        """The batch's state shape: the per-axis maximum of its rows' shapes."""
+        self._mask: torch.Tensor | None = None
+        """(B, prod(shape)) True on each row's own entries, while rows of different shapes share the
+        batch; G(y) is zeroed outside them, so padding never counts in a residual."""
         self._device = model.device()
 
     # -- outside the worker ------------------------------------------------------------------
@@ -283,12 +300,24 @@ class Engine:
         """Requests in the batch (retired rows' slots do not count)."""
         return len(self._rows) - len(self._dead)
 
-    def submit(self, job: SolveJob) -> Future:
-        """Queue a job; raises QueueFull at once when the waiting queue is at its bound."""
+    def close(self) -> None:
+        """Take no new solves (`submit` raises EngineClosed); those accepted go on to their answers."""
         with self._cond:
+            self._closed = True
+
+    @property
+    def idle(self) -> bool:
+        """Whether no solve is waiting or running."""
+        return not self._waiting and not self.running
+
+    def submit(self, job: SolveJob) -> Future:
+        """Queue a job; raises QueueFull at once when the waiting queue is at its bound, EngineClosed once
+        the engine is closed."""
+        with self._cond:
+            if self._closed:
+                raise EngineClosed(self.name)
             if len(self._waiting) >= self.max_queue:
-                backlog = (len(self._waiting) / self.max_batch_rows + 1) * self._mean_solve_s
-                raise QueueFull(self.name, max(1.0, math.ceil(backlog)))
+                raise QueueFull(self.name, self._throughput.retry_after(len(self._waiting)))
             self._waiting.append(job)
             self._cond.notify()
         return job.future
@@ -354,15 +383,15 @@ class Engine:
         if solver is None or not self.model.row_aligned or not all(r.new_solve for r in fresh):
             return False
         slots = 0 if solver.hist is None else solver.hist.shape[1]
-        width = self._t["y"].shape[1]
-        return all(r.size <= width and r.job.m <= slots for r in fresh)
+        fit = all(fits(r.shape, self._shape) and r.job.m <= slots for r in fresh)
+        return fit and self.model.placeable(self._bctx, [r.job.ctx for r in fresh])
 
     def _place(self, fresh: list[_Row]) -> None:
         """Put `fresh` rows into retired slots (oldest first) and append those left over."""
         k = min(len(fresh), len(self._dead))
         slots, self._dead, self._died = self._dead[:k], self._dead[k:], self._died[k:]
         jobs = [r.job for r in fresh]
-        new_t = self._new_rows(jobs, self._t["y"].shape[1])
+        new_t = self._new_rows(jobs, self._shape)
         assert self._solver is not None
         t, solver, bctx = self._t, self._solver, self._bctx
         if k:  # in place, but for y: streamed iterates may hold views of the last tick's state
@@ -379,7 +408,7 @@ class Engine:
             rest = jobs[k:]
             t = {name: torch.cat([v, new_t[name][k:]]) for name, v in t.items()}
             added = SolverState.new([j.damping for j in rest], [j.m for j in rest], new_t["y"][k:])
-            solver = solver.concat(added, t["y"].shape[1])
+            solver = solver.concat(added)
             bctx = self.model.rebatch(bctx, None, [], [j.ctx for j in rest])
         self._t, self._solver, self._bctx = t, solver, bctx
         for slot, row in zip(slots, fresh, strict=False):
@@ -389,17 +418,20 @@ class Engine:
         self._index_rows()
 
     def _index_rows(self) -> None:
-        """The lists a tick reads instead of scanning every row: watched rows, the next deadline."""
+        """What a tick reads instead of scanning every row: watched rows, the next deadline, the mask."""
         live = [(i, r) for i, r in enumerate(self._rows) if r is not None]
         self._watched = [i for i, r in live if r.watched]
         self._next_deadline = min((r.deadline for _, r in live), default=math.inf)
+        shapes = [self._shape if r is None else r.shape for r in self._rows]
+        mixed = any(s != self._shape for s in shapes)
+        self._mask = pad_mask(shapes, self._shape, self._device) if mixed else None
 
-    def _new_rows(self, jobs: list[SolveJob], width: int) -> dict[str, torch.Tensor]:
-        """Per-row tensors of `jobs` (start state fitted to `width`, budgets, solver options)."""
+    def _new_rows(self, jobs: list[SolveJob], shape: Shape) -> dict[str, torch.Tensor]:
+        """Per-row tensors of `jobs` (start state laid out for `shape`, budgets, solver options)."""
         dev = self._device
         done = [(0, 0.0) if j.resume is None else (j.resume.iterations, j.resume.first_res) for j in jobs]
         return {
-            "y": stack_rows([j.start for j in jobs], width),
+            "y": pack([j.start for j in jobs], shape),
             "iters": torch.tensor([d[0] for d in done], dtype=torch.long, device=dev),
             "max_iters": torch.tensor([j.max_iters for j in jobs], dtype=torch.long, device=dev),
             "tol": torch.tensor([j.tol for j in jobs], dtype=torch.float64, device=dev),
@@ -420,37 +452,38 @@ class Engine:
         rows = [r for i in keep if (r := self._rows[i]) is not None] + fresh  # `keep` holds live rows
         self._rows, self._dead, self._died = list(rows), [], []
         self._fresh = [i for i, r in enumerate(rows) if i >= len(keep) and r.new_solve]
-        self._index_rows()
         if not rows:
-            self._t, self._solver, self._bctx = {}, None, {}
+            self._t, self._solver, self._bctx, self._shape = {}, None, {}, ()
+            self._index_rows()
             self.last_tick_rows = 0
             return
         kept_ctxs = [r.job.ctx for r in rows[: len(keep)]]
-        width = max(r.size for r in rows)
+        old_shape, shape = self._shape, bound([r.shape for r in rows])
+        self._shape = shape
+        self._index_rows()
         jobs = [r.job for r in fresh]
         dev = self._device
-        new_t = self._new_rows(jobs, width) if jobs else {}
+        new_t = self._new_rows(jobs, shape) if jobs else {}
         new_y = new_t.get("y")
         idx = None if everyone or not keep else torch.tensor(keep, device=dev)
         if self._t and keep:
             old = self._t if idx is None else {k: v.index_select(0, idx) for k, v in self._t.items()}
-            old["y"] = _fit(old["y"], width)
+            old["y"] = refit(old["y"], old_shape, shape)
             self._t = {k: torch.cat([old[k], new_t[k]]) for k in old} if jobs else old
         else:
             self._t = new_t
         solver = None
         if self._solver is not None and keep:
-            solver = self._solver if idx is None else self._solver.select(idx)
+            solver = (self._solver if idx is None else self._solver.select(idx)).fit(old_shape, shape)
         plain = [j for j in jobs if j.resume is None]
         if plain:
             assert new_y is not None
             added = SolverState.new([j.damping for j in plain], [j.m for j in plain], new_y[: len(plain)])
-            solver = solver.concat(added, width) if solver else added
+            solver = solver.concat(added) if solver else added
         for j in jobs[len(plain) :]:
             assert j.resume is not None
-            solver = solver.concat(j.resume.solver, width) if solver else j.resume.solver.fit(width)
-        if solver is not None:
-            solver = solver.fit(width)
+            resumed = j.resume.solver.fit(j.shape, shape)  # a resumed history is laid out for its own row
+            solver = solver.concat(resumed) if solver else resumed
         self._solver = solver
         self._bctx = self.model.rebatch(self._bctx if keep else {}, idx, kept_ctxs, [j.ctx for j in jobs])
 
@@ -470,8 +503,11 @@ class Engine:
             )  # fmt: skip
             t["iters"], t["first_res"] = out.iters, out.first_res
             return out.y, out.abs_res, out.rel_res, out.code
-        gy = self.model.step(t["y"], self._bctx)
-        abs_res, rel_res = residuals(t["y"], gy)
+        y = t["y"]
+        gy = self.model.step(y.view(y.shape[0], *self._shape), self._bctx).reshape(y.shape)
+        if self._mask is not None:
+            gy = torch.where(self._mask, gy, 0.0)
+        abs_res, rel_res = residuals(y, gy)
         y_next = solver.update(t["y"], gy, self.backend)
         t["iters"] += 1
         if self._fresh:  # only rows on their first iteration set their first residual
@@ -531,10 +567,10 @@ class Engine:
                 elif now >= row.deadline:
                     code_i = Stop.DEADLINE
             if job.on_iterate is not None and (code_i or row.iterations % (job.every * job.stride) == 0):
-                y_i = y_next[i : i + 1, : row.size] if job.iterate_y else None
+                y_i = unpack(y_next[i : i + 1], self._shape, row.shape) if job.iterate_y else None
                 job.on_iterate(row.iterations, absl[i], rell[i], y_i)
             if code_i:
-                self._retire(row, Stop(code_i), y_next[i : i + 1, : row.size], solver, i)
+                self._retire(row, Stop(code_i), unpack(y_next[i : i + 1], self._shape, row.shape), solver, i)
                 if not static:
                     rows[i] = None
                     self._dead.append(i)
@@ -556,7 +592,7 @@ class Engine:
         if stop in RESUMABLE:
             resume = Resume(
                 y_row.clone(),
-                solver.select(torch.tensor([i], device=y_row.device)),
+                solver.select(torch.tensor([i], device=y_row.device)).fit(self._shape, row.shape),
                 row.iterations,
                 float(self._t["first_res"][i]),
                 row.trace,
@@ -593,7 +629,7 @@ class Engine:
             rel_residual=row.rel_residual,
             output=output,
             trace=row.trace if job.trace else None,
-            state=y[0].float().tolist() if job.return_state else None,
+            state=encode_state(y, job.state_encoding) if job.return_state else None,
             queue_ms=(row.admitted - job.submitted) * 1e3,
             solve_ms=0.0,  # measured when the answer is delivered
             resume=resume,
@@ -608,7 +644,7 @@ class Engine:
         """Time the answer, tell the observer, and hand it to the waiting request."""
         now = time.monotonic()
         result.solve_ms = (now - row.admitted) * 1e3
-        self._mean_solve_s = 0.9 * self._mean_solve_s + 0.1 * (now - row.job.submitted)
+        self._throughput.record(now)
         self.observer.finished(row.job, result)
         row.job.future.set_result(result)
 
@@ -622,7 +658,7 @@ class Engine:
         self._release_held()
         live = [(i, r) for i, r in enumerate(self._rows) if r is not None and not r.held]
         rows = [r for _, r in live]
-        ys = [self._t["y"][i : i + 1, : r.size] for i, r in live]
+        ys = [unpack(self._t["y"][i : i + 1], self._shape, r.shape) for i, r in live]
         for r in rows:
             r.iterations = self.ticks - r.offset
         with self._cond:
@@ -664,15 +700,6 @@ def _failed(job: SolveJob, row: _Row, stop: Stop) -> SolveResult:
         (row.admitted - job.submitted) * 1e3,
         (time.monotonic() - row.admitted) * 1e3,
     )
-
-
-def _fit(y: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad with zeros or cut the last dimension of (B, n) to `width`."""
-    if y.shape[1] == width:
-        return y
-    if y.shape[1] > width:
-        return y[:, :width]
-    return torch.nn.functional.pad(y, (0, width - y.shape[1]))
 
 
 _ids = itertools.count(1)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+import math
 
 from eqserve.models.base import ImplicitModel, InputError, ModelMeta
+from eqserve.service.arrays import decode_state
 from eqserve.service.config import Settings
 from eqserve.service.engine import SolveJob, new_id
 from eqserve.service.errors import ApiError, validate
@@ -18,21 +19,15 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         ctx = model.encode(inp)
     except InputError as exc:
         raise ApiError(422, "invalid_input", exc.message, exc.field) from None
-    size = model.state_size(ctx)
+    shape = tuple(model.state_shape(ctx))
+    size = math.prod(shape)
     if size > settings.max_state_cap:
         raise ApiError(
             422, "over_cap", f"state of {size} entries exceeds the cap {settings.max_state_cap}", "input"
         )
     y0 = model.init(ctx)
     if req.warm_start is not None:
-        if len(req.warm_start) != size:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"warm_start needs {size} numbers, got {len(req.warm_start)}",
-                "warm_start",
-            )
-        y0 = torch.tensor([req.warm_start], dtype=y0.dtype, device=y0.device)
+        y0 = decode_state(req.warm_start, shape, y0, "warm_start")
     budget, solver = req.budget, req.solver
     max_iters = budget.max_iters or min(meta.default_max_iters, settings.max_iters_cap)
     if max_iters > settings.max_iters_cap:
@@ -65,4 +60,5 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         trace=req.return_.trace,
         every=req.return_.every,
         return_state=req.return_.state,
+        state_encoding=req.return_.encoding,
     )

@@ -111,6 +111,10 @@ class Metrics:
         engine.observer = _EngineObserver(self, engine.name)
         self.engines.append(engine)
 
+    def forget(self, engine: Engine) -> None:
+        """Detach a stopped engine: its gauges leave the exposition (its counters stay, per model)."""
+        self.engines.remove(engine)
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

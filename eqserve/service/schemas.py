@@ -40,6 +40,8 @@ class ReturnOptions(BaseModel):
     state: bool = False
     output: bool = False
     every: int = Field(default=1, ge=1)
+    encoding: Literal["list", "base64"] = "list"
+    """How `state` and the stream's `y` are sent: nested lists in the state's shape, or base64."""
 
 
 class SolveRequest(BaseModel):
@@ -50,7 +52,9 @@ class SolveRequest(BaseModel):
     input: dict[str, Any]
     budget: Budget = Field(default_factory=Budget)
     solver: SolverOptions = Field(default_factory=SolverOptions)
-    warm_start: list[FiniteFloat] | None = None
+    warm_start: list[Any] | dict[str, Any] | None = None
+    """The starting state: numbers nested in the state's shape (or all of them in one flat list), or
+    {"encoding": "base64", "dtype", "shape", "data"}."""
     return_: ReturnOptions = Field(default_factory=ReturnOptions, alias="return")
     stream: bool = False
 
@@ -90,5 +94,5 @@ class SolveResponse(BaseModel):
     residual: float | None
     rel_residual: float | None
     trace: list[TracePoint] | None = None
-    state: list[float] | None = None
+    state: list[Any] | dict[str, Any] | None = None
     timing: Timing

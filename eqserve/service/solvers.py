@@ -20,6 +20,7 @@ from eqserve.kernels.reference import (
     anderson_solve,
     picard,
 )
+from eqserve.models.padding import Shape, refit
 
 
 @dataclass
@@ -79,10 +80,11 @@ class SolverState:
             self.hist.index_fill_(0, idx, 0)
             self.gram.index_fill_(0, idx, 0)
 
-    def concat(self, other: SolverState, width: int) -> SolverState:
-        """Rows of self then rows of other, iterates fitted to `width` state entries."""
+    def concat(self, other: SolverState) -> SolverState:
+        """Rows of self then rows of other (both laid out for the same state shape)."""
         hist = max(_slots(self), _slots(other))
-        parts = [s.fit(width)._padded(hist, width) for s in (self, other)] if hist else None
+        width = max(_width(self), _width(other))
+        parts = [s._padded(hist, width) for s in (self, other)] if hist else None
         return SolverState(
             torch.cat([self.beta, other.beta]),
             torch.cat([self.m, other.m]),
@@ -91,15 +93,14 @@ class SolverState:
             None if parts is None else torch.cat([p[1] for p in parts]),
         )
 
-    def fit(self, width: int) -> SolverState:
-        """The same rows with their history fitted to `width` state entries (zero padded or cut)."""
-        if self.hist is None or self.hist.shape[2] == 2 * width:
+    def fit(self, old: Shape, new: Shape) -> SolverState:
+        """The same rows with their history laid out for state shape `new` instead of `old` (zero
+        padded or cut per axis)."""
+        if self.hist is None or old == new:
             return self
-        old = self.hist.shape[2] // 2
-        n = min(width, old)
-        hist = self.hist.new_zeros(self.hist.shape[0], self.hist.shape[1], 2 * width)
-        hist[:, :, :n] = self.hist[:, :, :n]
-        hist[:, :, width : width + n] = self.hist[:, :, old : old + n]
+        b, slots = self.hist.shape[:2]
+        halves = self.hist.reshape(b, slots, 2, -1)
+        hist = refit(halves, old, new).reshape(b, slots, -1)
         return SolverState(self.beta, self.m, self.count, hist, anderson_gram(hist))
 
     def _padded(self, slots: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,3 +131,8 @@ class SolverState:
 
 def _slots(s: SolverState) -> int:
     return 0 if s.hist is None else s.hist.shape[1]
+
+
+def _width(s: SolverState) -> int:
+    """State entries per row of the history (0 without one)."""
+    return 0 if s.hist is None else s.hist.shape[2] // 2

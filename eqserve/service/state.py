@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from eqserve.kernels.dispatch import select_backend
 from eqserve.models.base import ImplicitModel, ModelMeta
-from eqserve.models.registry import load_model
+from eqserve.models.registry import ModelLoadError, ModelSource, from_directory, repository, resolve
 from eqserve.service.config import Settings
-from eqserve.service.engine import Engine, QueueFull, SolveJob
+from eqserve.service.engine import Engine, EngineClosed, QueueFull, SolveJob
 from eqserve.service.errors import ApiError
 from eqserve.service.jobs import build_job
 from eqserve.service.metrics import Metrics
 from eqserve.service.schemas import SolveRequest
 
+log = logging.getLogger(__name__)
+
+UNLOAD_POLL_S = 0.02
+"""How often an unload looks whether the model's last solves have been answered."""
+
 
 @dataclass
 class Served:
-    """One served model with its metadata and batching worker."""
+    """One served model with its metadata, batching worker and origin."""
 
     model: ImplicitModel
     meta: ModelMeta
     engine: Engine
+    source: ModelSource | None = None
 
 
 @dataclass
@@ -33,29 +43,112 @@ class ServerState:
 
     settings: Settings
     served: dict[str, Served] = field(default_factory=dict)
+    unloading: set[str] = field(default_factory=set)
+    """Models whose engines finish their last solves before they go: new solves get 503."""
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.settings.max_iters_cap)
 
     def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
-        """Load each configured model (or take the given ones) and start its worker."""
+        """Load every configured model (or take the given ones) and start its worker."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        models = models or {name: load_model(name, self.settings.device) for name in self.settings.models}
-        for name, model in models.items():
-            meta = model.meta()
-            engine = Engine(
-                model,
-                max_batch_rows=self.settings.max_batch_rows,
-                max_queue=self.settings.max_queue,
-                batching=self.settings.batching,  # type: ignore[arg-type]
-                backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
-                torch_threads=self.settings.torch_threads,
-            )
-            self.metrics.observe(engine)
-            engine.start()
-            self.served[name] = Served(model, meta, engine)
+        if models:
+            for name, model in models.items():
+                self.served[name] = self._serve(model)
+            return
+        for source in self.sources():
+            self.served[source.name] = self._serve(source.load(self.settings.device), source)
+
+    def sources(self) -> list[ModelSource]:
+        """The models the settings name: each SPEC, then every model directory of the repository."""
+        found = [resolve(spec) for spec in self.settings.models]
+        if self.settings.model_repository:
+            found += [from_directory(p) for p in self._repository().values()]
+        names = [s.name for s in found]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ModelLoadError(f"two models would be served as {', '.join(twice)}: give each its own name")
+        return found
+
+    def _repository(self) -> dict[str, Path]:
+        return repository(Path(self.settings.model_repository))
+
+    def _serve(self, model: ImplicitModel, source: ModelSource | None = None) -> Served:
+        """Start a worker for `model`."""
+        meta = model.meta()
+        engine = Engine(
+            model,
+            max_batch_rows=self.settings.max_batch_rows,
+            max_queue=self.settings.max_queue,
+            batching=self.settings.batching,  # type: ignore[arg-type]
+            backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
+            torch_threads=self.settings.torch_threads,
+        )
+        self.metrics.observe(engine)
+        engine.start()
+        return Served(model, meta, engine, source)
+
+    # -- the model-control API (Triton's repository extension) --------------------------------
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model directory of the repository: its name, version and whether it is served."""
+        out = []
+        for name, path in self._repository().items():
+            served = self.served.get(name)
+            entry: dict[str, Any] = {"name": name}
+            try:
+                source = from_directory(path)
+            except ModelLoadError as exc:
+                out.append(entry | {"state": "UNAVAILABLE", "reason": str(exc)})
+                continue
+            version = source.root.name if source.root is not None and source.root != path.resolve() else ""
+            if version:
+                entry["version"] = version
+            if served is not None and name not in self.unloading:
+                out.append(entry | {"state": "READY", "reason": ""})
+            else:
+                out.append(entry | {"state": "UNAVAILABLE", "reason": "unloaded"})
+        return out
+
+    def load(self, name: str) -> None:
+        """Load (or reload) the repository's model `name` beside the one served, then swap; a failed
+        load leaves the served one as it was. Blocking: call it off the event loop."""
+        dirs = self._repository()
+        if name not in dirs:
+            raise ApiError(404, "model_not_found", f"the model repository has no model {name!r}", "name")
+        try:
+            source = from_directory(dirs[name])
+            served = self._serve(source.load(self.settings.device), source)
+        except Exception as exc:
+            log.warning("loading model %s failed: %s", name, exc)
+            raise ApiError(400, "load_failed", f"model {name!r} failed to load: {exc}", "name") from None
+        old = self.served.get(name)
+        self.served[name] = served
+        self.unloading.discard(name)
+        if old is not None:
+            self._retire(old)
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name`: new solves get 503, those accepted finish, then the worker is freed.
+        Blocking: call it off the event loop."""
+        served = self.get(name)
+        self.unloading.add(name)
+        self._retire(served)
+        if self.served.get(name) is served:
+            del self.served[name]
+            self.unloading.discard(name)
+
+    def _retire(self, served: Served) -> None:
+        """Close an engine, wait for its last answers, stop its worker and its metrics."""
+        engine = served.engine
+        engine.close()
+        deadline = time.monotonic() + self.settings.timeout_cap_s
+        while not engine.idle and time.monotonic() < deadline:
+            time.sleep(UNLOAD_POLL_S)
+        engine.stop()
+        self.metrics.forget(engine)
 
     def stop(self) -> None:
         """Stop every worker."""
@@ -63,7 +156,10 @@ class ServerState:
             s.engine.stop()
 
     def get(self, name: str) -> Served:
-        """The served model `name`, or 404."""
+        """The served model `name`; 503 while it is being unloaded, 404 when there is none."""
+        if name in self.unloading:
+            message = f"model {name!r} is being unloaded"
+            raise ApiError(503, "unloading", message, "model", {"Retry-After": "1"})
         if name not in self.served:
             raise ApiError(
                 404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model"
@@ -86,6 +182,8 @@ class ServerState:
             self.metrics.rejected.labels(served.meta.name, "queue_full").inc()
             headers = {"Retry-After": str(int(exc.retry_after))}
             raise ApiError(429, "overloaded", str(exc), headers=headers) from None
+        except EngineClosed as exc:
+            raise ApiError(503, "unloading", str(exc), "model", {"Retry-After": "1"}) from None
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from eqserve.models.base import Ctx, ImplicitModel
+from eqserve.service.arrays import Encoding, encode_state
 
 if TYPE_CHECKING:
     from eqserve.service.engine import SolveJob
@@ -63,8 +64,10 @@ def _number(x: float) -> str:
     return repr(x) if math.isfinite(x) else "null"
 
 
-def iterate_encoder(model: ImplicitModel, ctx: Ctx, state: bool, output: bool) -> Encoder:
-    """The JSON text of an iterate event, with `y` and the decoded `output` when asked for.
+def iterate_encoder(
+    model: ImplicitModel, ctx: Ctx, state: bool, output: bool, encoding: Encoding = "list"
+) -> Encoder:
+    """The JSON text of an iterate event, with `y` (in `encoding`) and the decoded `output` when asked for.
 
     Written by hand rather than by json.dumps: it runs for every event sent, holding the GIL.
     """
@@ -76,7 +79,7 @@ def iterate_encoder(model: ImplicitModel, ctx: Ctx, state: bool, output: bool) -
         if y is not None:
             with torch.inference_mode():
                 if state:
-                    text += f', "y": {json.dumps(y[0].float().tolist())}'
+                    text += f', "y": {json.dumps(encode_state(y, encoding))}'
                 if output and math.isfinite(residual):
                     text += f', "output": {json.dumps(model.decode(y, ctx))}'
         return text + "}"

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from eqserve.models.base import InputError
 from eqserve.models.deq_mlp.model import DeqMLP
-from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.registry import load_model
+from eqserve.models.shipped import WEIGHTS_DIR
 
 WEIGHTS = WEIGHTS_DIR / "deq-mlp.safetensors"
 
@@ -36,7 +37,7 @@ def test_shapes_and_meta(model: DeqMLP) -> None:
     meta = model.meta()
     ctx = _ctx(model, meta.example_input["x"])
     h = model.hidden
-    assert meta.state_dim == h == model.state_size(ctx) == 1024
+    assert meta.state_shape == [h] and model.state_shape(ctx) == (1024,)
     assert ctx["inj"].shape == (1, h)
     y0 = model.init(ctx)
     assert y0.shape == (1, h) and y0.dtype == torch.float32 and not y0.any()

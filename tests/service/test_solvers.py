@@ -131,12 +131,12 @@ def test_kept_gram_is_the_residual_gram_through_wraparound_select_concat_and_fit
     assert state.count.tolist() == [7] * 4
     sel = state.select(torch.tensor([3, 0]))
     other = SolverState.new([1.0], [4], torch.zeros(1, 8))
-    both = sel.concat(other, 8)
+    both = sel.fit((6,), (8,)).concat(other)
     assert both.hist is not None and both.hist.shape == (3, 4, 16) and both.gram is not None
     torch.testing.assert_close(both.gram, _gram_of(both))
     assert both.X is not None and sel.X is not None
     assert torch.equal(both.X[:2, :3, :6], sel.X) and both.X[:2, :, 6:].abs().sum() == 0
-    cut = both.fit(5)
+    cut = both.fit((8,), (5,))
     assert cut.gram is not None and cut.X is not None
     torch.testing.assert_close(cut.gram, _gram_of(cut))
     assert torch.equal(cut.X, both.X[:, :, :5])
@@ -146,7 +146,7 @@ def test_picard_rows_concatenated_with_anderson_rows_keep_their_rule() -> None:
     g = torch.Generator().manual_seed(1)
     plain = SolverState.new([0.5], [0], torch.zeros(1, 3))
     assert plain.hist is None and plain.X is None
-    state = plain.concat(SolverState.new([1.0], [2], torch.zeros(1, 3)), 3)
+    state = plain.concat(SolverState.new([1.0], [2], torch.zeros(1, 3)))
     y, gy = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
     torch.testing.assert_close(state.update(y, gy)[0], y[0] + 0.5 * (gy[0] - y[0]))
     assert state.hist is not None  # slot 0 holds (y, G(y) − y) of both rows

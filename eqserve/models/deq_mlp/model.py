@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 from torch import nn
 
-from eqserve.models.base import Ctx, EvalReport, ImplicitModel, InputError, ModelMeta, run_iterations
+from eqserve.models.base import Ctx, EvalReport, ImplicitModel, InputError, run_iterations
 from eqserve.models.deq_mlp.data import relative_error
 from eqserve.models.deq_mlp.explicit import ExplicitMLP
-from eqserve.models.registry import WEIGHTS_DIR
+from eqserve.models.shipped import WEIGHTS_DIR
 
 HELDOUT_FILE = "deq-mlp-heldout.safetensors"
 EXPLICIT_FILE = "deq-mlp-explicit.safetensors"
@@ -39,6 +39,7 @@ class DeqMLP(ImplicitModel):
     name = "deq-mlp"
     Input = DeqMLPInput
     Output = DeqMLPOutput
+    defaults = {"max_iters": 300, "tol": 1e-4, "stop_mode": "abs"}  # noqa: RUF012
 
     def __init__(self, d_in: int, hidden: int, d_out: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
@@ -75,22 +76,16 @@ class DeqMLP(ImplicitModel):
     def _heldout(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.weights_dir / HELDOUT_FILE))
 
-    def meta(self) -> ModelMeta:
-        x0 = self._heldout["x"][0]
-        return ModelMeta(
-            name=self.name,
-            description=(
-                f"dense DEQ layer y = tanh(W y + U x + b), ‖W‖₂ < 1, h = {self.hidden}, linear readout; "
-                "fits y*(x) = (diag(x) + C)⁻¹ b for x in [0.05, 1]^4"
-            ),
-            state_dim=self.hidden,
-            dtype="float32",
-            example_input={"x": [round(float(v), 4) for v in x0]},
-            default_max_iters=300,
-            default_tol=1e-4,
-            default_stop_mode="abs",
-            fused_kernel=True,
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return (
+            f"dense DEQ layer y = tanh(W y + U x + b), ‖W‖₂ < 1, h = {self.hidden}, linear readout; "
+            "fits y*(x) = (diag(x) + C)⁻¹ b for x in [0.05, 1]^4"
         )
+
+    @property
+    def example_input(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"x": [round(float(v), 4) for v in self._heldout["x"][0]]}
 
     def encode(self, inp: DeqMLPInput) -> Ctx:  # type: ignore[override]
         if len(inp.x) != self.d_in:
@@ -99,8 +94,8 @@ class DeqMLP(ImplicitModel):
         with torch.no_grad():
             return {"inj": self.inj(x)}
 
-    def state_size(self, ctx: Ctx) -> int:
-        return self.hidden
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        return (self.hidden,)
 
     def dense_form(self, ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, inj): the fused dense kernels serve this model's step."""

@@ -17,13 +17,13 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from eqserve.models.base import Ctx, EvalReport, ImplicitModel, ModelMeta
+from eqserve.models.base import Ctx, EvalReport, ImplicitModel
 from eqserve.models.lp_gnn.data import LP, load_lps, solve
 from eqserve.models.lp_gnn.graph import Graph, lp_graph, union
 from eqserve.models.lp_gnn.inputs import LpInput, to_lp
 from eqserve.models.lp_gnn.lpset import LpSet, errors
 from eqserve.models.lp_gnn.networks import ExplicitGNN, ImplicitGNN, param_count
-from eqserve.models.registry import WEIGHTS_DIR
+from eqserve.models.shipped import WEIGHTS_DIR
 
 IMPLICIT_FILE = "lp-gnn.safetensors"
 EXPLICIT_FILE = "lp-gnn-explicit.safetensors"
@@ -58,6 +58,7 @@ class LpGnn(ImplicitModel):
     name = "lp-gnn"
     Input = LpInput
     Output = LpOutput
+    defaults = {"max_iters": 8, "tol": 1e-4, "stop_mode": "rel"}  # noqa: RUF012
 
     def __init__(self, d: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
@@ -80,17 +81,17 @@ class LpGnn(ImplicitModel):
     def _heldout(self) -> tuple[list[LP], list]:
         return load_lps(self.weights_dir / HELDOUT_FILE)
 
-    def meta(self) -> ModelMeta:
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return (
+            f"implicit bipartite GNN (d = {self.net.hidden.out_features}) predicting the solution of "
+            "min cᵀy s.t. Ay ∘ b, l ≤ y ≤ u; trained on 10 × 50 LPs (Chen et al. 2023)"
+        )
+
+    @property
+    def example_input(self) -> dict[str, Any]:  # type: ignore[override]
         lp = self._heldout[0][0]
-        return ModelMeta(
-            name=self.name,
-            description=(
-                f"implicit bipartite GNN (d = {self.net.hidden.out_features}) predicting the solution of "
-                "min cᵀy s.t. Ay ∘ b, l ≤ y ≤ u; trained on 10 × 50 LPs (Chen et al. 2023)"
-            ),
-            state_dim=None,
-            dtype="float32",
-            example_input={
+        return {
                 "A": {
                     "shape": [lp.m, lp.n],
                     "indices": [[int(i), int(j)] for i, j in zip(lp.rows, lp.cols, strict=True)],
@@ -101,11 +102,7 @@ class LpGnn(ImplicitModel):
                 "constraint_types": ["=" if e else "<=" for e in lp.eq],
                 "l": [round(float(v), 4) for v in lp.l],
                 "u": [round(float(v), 4) for v in lp.u],
-            },
-            default_max_iters=8,
-            default_tol=1e-4,
-            default_stop_mode="rel",
-        )
+            }
 
     def encode(self, inp: LpInput) -> Ctx:  # type: ignore[override]
         lp = to_lp(inp)
@@ -119,8 +116,8 @@ class LpGnn(ImplicitModel):
                 ctx["ref_objective"] = torch.tensor([sol.objective], dtype=torch.float64)
         return ctx
 
-    def state_size(self, ctx: Ctx) -> int:
-        return ctx["var"].shape[1]
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        return (ctx["var"].shape[1],)
 
     def collate(self, ctxs: list[Ctx]) -> Ctx:
         """One graph of B pieces; variable node k is entry (lp[k], col[k]) of the padded (B, n_max) state."""
@@ -137,7 +134,7 @@ class LpGnn(ImplicitModel):
         return out
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
-        pred = y[0, : self.state_size(ctx)].double()
+        pred = y[0].double()
         out: dict[str, Any] = {"y": pred.tolist()}
         if "ref_status" in ctx:
             ref_y = ctx.get("ref_y")
