@@ -1,11 +1,14 @@
-"""Models for tests only: the reciprocal operator with rows that fault on purpose."""
+"""Models for tests only: the reciprocal operator with rows that fault on purpose, or slow on purpose."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import torch
 
 from eqserve.models.base import Ctx, ImplicitModel
-from eqserve.models.reciprocal import Reciprocal
+from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
 
 NAN_X = 1.7
 """A row holding this x turns NaN at its second iteration."""
@@ -44,3 +47,52 @@ class RowAligned(Reciprocal):
 
     name = "reciprocal-rows"
     collate = ImplicitModel.collate
+
+
+class GatedEncode(Reciprocal):
+    """Reciprocal whose encode blocks until `release` is set (at most `wait_s`), like a slow encode
+    (lp-gnn's HiGHS reference): `entered` tells that one is under way."""
+
+    name = "gated-encode"
+
+    def __init__(self, wait_s: float = 20.0) -> None:
+        super().__init__()
+        self.wait_s = wait_s
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, inp: ReciprocalInput) -> Ctx:  # type: ignore[override]
+        self.entered.set()
+        self.release.wait(self.wait_s)
+        return super().encode(inp)
+
+
+BROKEN_X = 1.1
+"""An input holding this x makes BrokenEncode's encode fail."""
+
+
+class BrokenEncode(Reciprocal):
+    """Reciprocal whose encode fails as a bug would on BROKEN_X: with an exception that is not an
+    InputError, whose text tells of the server's insides."""
+
+    name = "broken-encode"
+    SECRET = "/srv/internal/path"
+
+    def encode(self, inp: ReciprocalInput) -> Ctx:  # type: ignore[override]
+        if BROKEN_X in inp.x:
+            raise ValueError(f"cannot open {self.SECRET}")
+        return super().encode(inp)
+
+
+class SleepyStep(Reciprocal):
+    """Reciprocal whose every step sleeps `sleep_s`: a model whose solves take known wall time."""
+
+    name = "sleepy"
+
+    def __init__(self, sleep_s: float) -> None:
+        super().__init__()
+        self.sleep_s = sleep_s
+
+    def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        time.sleep(self.sleep_s)
+        return super().step(y, ctx)

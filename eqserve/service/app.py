@@ -13,8 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from eqserve.models.base import ImplicitModel
 from eqserve.service.auth import require_key
 from eqserve.service.config import Settings
+from eqserve.service.drain import Drain, DrainGate
 from eqserve.service.errors import error_body, install_handlers
+from eqserve.service.limits import BodyCap
+from eqserve.service.routes_docs import mount_docs
 from eqserve.service.routes_page import mount_page
+from eqserve.service.routes_repository import router as repository_router
 from eqserve.service.routes_stream import router as stream_router
 from eqserve.service.routes_v1 import router as v1_router
 from eqserve.service.routes_v2 import health_router as v2_health_router
@@ -32,13 +36,19 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
         yield
         state.stop()
 
-    app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan, openapi_url=None)
     app.state.eq = state
+    app.state.drain = drain = Drain()
+    app.add_middleware(BodyCap, cap=settings.max_body_bytes)
+    app.add_middleware(DrainGate, drain=drain)
     install_handlers(app)
+    mount_docs(app)
     app.include_router(v1_router, dependencies=[Depends(require_key)])
     app.include_router(stream_router)
     app.include_router(v2_health_router)
     app.include_router(v2_router, dependencies=[Depends(require_key)])
+    if settings.model_control:
+        app.include_router(repository_router, dependencies=[Depends(require_key)])
     mount_page(app)
 
     @app.get("/healthz")
@@ -48,7 +58,9 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Any:
-        """Every model is loaded and its worker runs."""
+        """Every model is loaded and its worker runs, and the server is not draining."""
+        if drain.draining:
+            return JSONResponse(error_body("draining", "the server is shutting down"), 503)
         if not state.ready:
             return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
         return {"status": "ready", "models": list(state.served)}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -26,3 +28,15 @@ def check(request_path: str, authorization: str | None, api_key: str) -> None:
 async def require_key(request: Request) -> None:
     """FastAPI dependency form of `check` for HTTP routes."""
     check(request.url.path, request.headers.get("authorization"), request.app.state.eq.settings.api_key)
+
+
+def same_origin_or_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
+    """Whether a WebSocket handshake may proceed: no Origin (not a browser), the server's own origin,
+    or one of `allowed` (`*`: any). Browsers let any page open a WebSocket to any server, so without
+    this a page the user visits could drive a local server."""
+    origin = headers.get("origin")
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in (a.rstrip("/").lower() for a in allowed):
+        return True
+    return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()

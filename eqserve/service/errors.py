@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+TEXT_CAP = 200
+"""Longest message or field an error carries: both may quote the request, which may be huge."""
+
+
+def clip(text: str, cap: int = TEXT_CAP) -> str:
+    """`text`, cut to `cap` characters with an ellipsis."""
+    return text if len(text) <= cap else text[: cap - 1] + "…"
 
 
 class ApiError(Exception):
@@ -29,6 +39,7 @@ class ApiError(Exception):
         field: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message, field = clip(message), None if field is None else clip(field)
         super().__init__(message)
         self.status, self.type, self.message, self.field = status, type_, message, field
         self.headers = headers
@@ -72,15 +83,27 @@ def validate(schema: type[M], data: Any, prefix: str = "") -> M:
         raise ApiError(422, "invalid_request", f"{field or 'body'}: {first['msg']}", field) from None
 
 
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type is JSON's. Browsers send other types (text/plain, forms) cross-origin
+    without asking the server first; requiring JSON keeps other sites' pages from posting solves."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON, or a 422 saying where it is malformed."""
-    return parse_json(await request.body())
+    """The request body parsed as JSON off the event loop; 415 unless it is declared JSON, 422 saying
+    where it is malformed."""
+    if not is_json(request.headers.get("content-type")):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", "content-type")
+    return await run_in_threadpool(parse_json, await request.body())
 
 
-def parse_json(raw: bytes) -> Any:
-    """`raw` parsed as JSON, or a 422 saying where it is malformed."""
+def parse_json(raw: str | bytes) -> Any:
+    """`raw` parsed as JSON, or a 422 saying where it is malformed or that it nests too deeply."""
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise ApiError(422, "invalid_json", "request body nests too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
@@ -105,8 +128,17 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        # The cause goes to the log only: its text may carry paths, values or code of the server.
-        log.exception("unhandled error")
-        return shaped(
-            request.url.path, 500, "internal_error", "internal server error; the server log has the cause"
-        )
+        return internal_error(exc).response(request.url.path)
+
+
+def internal_error(
+    exc: BaseException,
+    request_id: str | None = None,
+    type_: str = "internal_error",
+    what: str = "internal server error",
+) -> ApiError:
+    """A 500 saying `what` and nothing of `exc` (its text may carry paths, values or code of the
+    server): the cause goes to the log under a request id, which the answer quotes."""
+    request_id = request_id or f"err-{uuid.uuid4().hex[:12]}"
+    log.error("%s, request id %s", what, request_id, exc_info=exc)
+    return ApiError(500, type_, f"{what}; request id {request_id}")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from eqserve.service import auth
+from eqserve.service.drain import refusal
 from eqserve.service.engine import ModelStepError, SolveJob, SolveResult, extend_job
-from eqserve.service.errors import ApiError, error_body, validate
+from eqserve.service.errors import ApiError, error_body, internal_error, parse_json, validate
 from eqserve.service.responses import to_response
 from eqserve.service.schemas import ExtendMessage, SolveRequest
 from eqserve.service.state import Served, ServerState
@@ -21,6 +22,10 @@ from eqserve.service.streams import EventStream, iterate_encoder
 from eqserve.service.ws_protocol import SEND_TEXTS
 
 router = APIRouter()
+
+CLOSE_CODES = {401: 1008, 503: 1013}
+"""The close code after an error event: policy violation for a missing key, "try again later" while
+the server drains, normal otherwise."""
 
 
 def error_event(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -44,30 +49,40 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
         exc = f.exception()
         if exc is None:
             stream.finish(result_event(served.meta.name, f.result()))
-        elif isinstance(exc, ModelStepError):
-            stream.finish(error_event("model_error", str(exc)))
-        else:
-            stream.finish(error_event("internal_error", repr(exc)))
+            return
+        err = model_error(exc, job.id) if isinstance(exc, ModelStepError) else internal_error(exc, job.id)
+        stream.finish(error_event(err.type, err.message))
 
     fut.add_done_callback(done)
     return fut
 
 
-def prepare(state: ServerState, req: SolveRequest) -> tuple[Served, SolveJob, EventStream]:
-    """Build the job of a streaming request with its event stream attached."""
+def model_error(exc: ModelStepError, request_id: str) -> ApiError:
+    """The 500 of a model that failed in its step: it names the model, the log has the cause."""
+    return internal_error(exc, request_id, "model_error", f"model {exc.model!r} failed in its step")
+
+
+def parse_solve(state: ServerState, raw: Any) -> tuple[SolveRequest, Served, SolveJob]:
+    """Validate a /v1/solve request and encode it into its job. Run off the event loop: a model's
+    `encode` may take long (lp-gnn's HiGHS reference), and the loop must go on serving the others."""
+    req = validate(SolveRequest, raw)
     served = state.get(req.model)
-    job = state.build(served, req)
+    return req, served, state.build(served, req)
+
+
+def attach_stream(state: ServerState, req: SolveRequest, served: Served, job: SolveJob) -> EventStream:
+    """The event stream of a streaming request, attached to its job."""
     ret = req.return_
-    encode = iterate_encoder(served.model, job.ctx, ret.state, ret.output)
+    encode = iterate_encoder(served.model, job.ctx, ret.state, ret.output, ret.encoding)
     keep_y = ret.state or ret.output
     stream = EventStream(asyncio.get_running_loop(), state.settings.stream_buffer, encode, keep_y)
     stream.attach(job)
-    return served, job, stream
+    return stream
 
 
-def sse_response(state: ServerState, req: SolveRequest) -> StreamingResponse:
+def sse_response(state: ServerState, req: SolveRequest, served: Served, job: SolveJob) -> StreamingResponse:
     """POST /v1/solve with "stream": true: one `data:` line per event; leaving cancels the solve."""
-    served, job, stream = prepare(state, req)
+    stream = attach_stream(state, req, served, job)
     start_leg(state, served, job, stream)
     gauge = state.metrics.stream_clients.labels(served.meta.name)
 
@@ -97,62 +112,80 @@ def batch_sender(ws: WebSocket) -> Callable[[list[str]], Awaitable[None]]:
     return send_each
 
 
-class _Control:
-    """What the client sends while its solve runs: cancel at once, queue extends."""
+CONTROL_HELP = "expected {'type': 'cancel'} or {'type': 'extend', 'max_iters': N} as a JSON text message"
 
-    def __init__(self, ws: WebSocket, cap: int) -> None:
-        self.ws, self.cap = ws, cap
+
+async def receive_text(ws: WebSocket) -> str:
+    """The next text message; a binary one is a 422 ApiError, a disconnect WebSocketDisconnect."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is None:
+        raise ApiError(422, "invalid_message", f"a binary message; {CONTROL_HELP}")
+    return message["text"]
+
+
+class _Control:
+    """What the client sends while its solve runs: cancel at once, queue extends. Any other message
+    gets an error event and changes nothing: the stream stays under the client's control."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
         self.job: SolveJob | None = None
         self.extends: asyncio.Queue[ExtendMessage | None] = asyncio.Queue()
 
     async def read(self) -> None:
+        """Read control messages until the client leaves, which cancels the solve."""
         try:
             while True:
-                msg = await self.ws.receive_json()
-                kind = msg.get("type") if isinstance(msg, dict) else None
-                if kind == "cancel":
-                    if self.job is not None:
-                        self.job.cancelled = True
-                    await self.extends.put(None)
-                elif kind == "extend":
-                    try:
-                        await self.extends.put(validate(ExtendMessage, msg))
-                    except ApiError as exc:
-                        await self.ws.send_json(error_event(exc.type, exc.message, exc.field))
-                else:
-                    expected = "expected {'type': 'cancel'} or {'type': 'extend', ...}"
-                    await self.ws.send_json(error_event("invalid_message", expected, "type"))
-        except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
+                try:
+                    self._act(parse_json(await receive_text(self.ws)))
+                except ApiError as exc:
+                    await self.ws.send_json(error_event(exc.type, exc.message, exc.field))
+        except (WebSocketDisconnect, RuntimeError):
             if self.job is not None:
                 self.job.cancelled = True
-            await self.extends.put(None)
+            self.extends.put_nowait(None)
+
+    def _act(self, msg: Any) -> None:
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "cancel":
+            if self.job is not None:
+                self.job.cancelled = True
+            self.extends.put_nowait(None)
+        elif kind == "extend":
+            self.extends.put_nowait(validate(ExtendMessage, msg))
+        else:
+            raise ApiError(422, "invalid_message", CONTROL_HELP, "type")
 
 
 @router.websocket("/v1/solve/stream")
 async def solve_stream(ws: WebSocket) -> None:
     """Stream one solve's iterates; the client may cancel, and extend a solve stopped on budget."""
     state: ServerState = ws.app.state.eq
+    if not auth.same_origin_or_allowed(ws.headers, state.settings.allowed_origins):
+        await ws.close(code=1008)  # before the handshake: the client sees 403
+        return
     await ws.accept()
     try:
         token = ws.headers.get("authorization") or (
             f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
         )
         auth.check(ws.url.path, token, state.settings.api_key)
-        req = validate(SolveRequest, await ws.receive_json())
-        served, job, stream = prepare(state, req)
+        if ws.app.state.drain.draining:
+            raise refusal()
+        text = await receive_text(ws)
+        req, served, job = await run_in_threadpool(lambda: parse_solve(state, parse_json(text)))
+        stream = attach_stream(state, req, served, job)
     except ApiError as exc:
         await ws.send_json(error_event(exc.type, exc.message, exc.field))
-        await ws.close(code=1008 if exc.status == 401 else 1000)
-        return
-    except (json.JSONDecodeError, KeyError) as exc:
-        await ws.send_json(error_event("invalid_json", f"request is not valid JSON: {exc}"))
-        await ws.close()
+        await ws.close(code=CLOSE_CODES.get(exc.status, 1000))
         return
     except WebSocketDisconnect:
         return
     gauge = state.metrics.stream_clients.labels(served.meta.name)
     gauge.inc()
-    control = _Control(ws, state.settings.max_iters_cap)
+    control = _Control(ws)
     reader = asyncio.create_task(control.read())
     try:
         await _legs(ws, state, served, job, stream, control)
@@ -184,10 +217,7 @@ async def _legs(
         result: SolveResult | None = None if fut.exception() else fut.result()
         if result is None or result.resume is None:
             return
-        try:
-            ext = await asyncio.wait_for(control.extends.get(), state.settings.stream_grace_s)
-        except TimeoutError:
-            return
+        ext = await ws.app.state.drain.until(control.extends.get(), state.settings.stream_grace_s)
         if ext is None:
             return
         if result.resume.iterations + ext.max_iters > state.settings.max_iters_cap:

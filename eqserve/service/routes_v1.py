@@ -6,12 +6,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from eqserve.service.engine import ModelStepError, SolveJob, SolveResult
-from eqserve.service.errors import ApiError, read_json, validate
+from eqserve.service.errors import read_json
 from eqserve.service.responses import to_response
-from eqserve.service.routes_stream import sse_response
-from eqserve.service.schemas import SolveRequest, SolveResponse
+from eqserve.service.routes_stream import model_error, parse_solve, sse_response
+from eqserve.service.schemas import SolveResponse
 from eqserve.service.state import Served, ServerState
 
 router = APIRouter()
@@ -37,18 +38,16 @@ async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> S
         job.cancelled = True
         raise
     except ModelStepError as exc:
-        raise ApiError(500, "model_error", str(exc)) from None
+        raise model_error(exc, job.id) from None
 
 
 @router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_unset=True)
 async def solve(request: Request) -> Any:
     """Solve one fixed point within the request's budget."""
     state = _state(request)
-    req = validate(SolveRequest, await read_json(request))
+    req, served, job = await run_in_threadpool(parse_solve, state, await read_json(request))
     if req.stream:
-        return sse_response(state, req)
-    served = state.get(req.model)
-    job = state.build(served, req)
+        return sse_response(state, req, served, job)
     result = await wait_result(request, job, state.submit(served, job))
     # Serialized here, once: FastAPI's response_model path would validate and re-encode the answer.
     body = to_response(req.model, result).model_dump_json(exclude_unset=True)
@@ -61,7 +60,7 @@ def describe(served: Served, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": meta.name,
         "description": meta.description,
-        "state_dim": meta.state_dim,
+        "state_shape": meta.state_shape,
         "dtype": meta.dtype,
         "fused_kernel": meta.fused_kernel,
         "defaults": {
