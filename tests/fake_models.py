@@ -51,20 +51,26 @@ class RowAligned(Reciprocal):
 
 class GatedEncode(Reciprocal):
     """Reciprocal whose encode blocks until `release` is set (at most `wait_s`), like a slow encode
-    (lp-gnn's HiGHS reference): `entered` tells that one is under way."""
+    (lp-gnn's HiGHS reference): `entered` and `returned` tell where it is."""
 
     name = "gated-encode"
 
-    def __init__(self, wait_s: float = 20.0) -> None:
+    def __init__(self, wait_s: float) -> None:
         super().__init__()
         self.wait_s = wait_s
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.returned = threading.Event()
 
     def encode(self, inp: ReciprocalInput) -> Ctx:  # type: ignore[override]
-        self.entered.set()
-        self.release.wait(self.wait_s)
+        if inp.x == [self.GATED_X]:
+            self.entered.set()
+            self.release.wait(self.wait_s)
+            self.returned.set()
         return super().encode(inp)
+
+    GATED_X = 0.375
+    """The input x whose encode is gated (the example input, encoded at start-up, is not)."""
 
 
 BROKEN_X = 1.1

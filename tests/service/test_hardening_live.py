@@ -4,6 +4,7 @@ cannot stall, slow and idle connections closed, no key in the log, and a drain o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 def test_a_declared_body_over_the_cap_is_413_before_it_is_sent() -> None:
-    with serve({"reciprocal": Reciprocal()}, max_body_bytes=1000) as url:
+    with serve({"reciprocal": Reciprocal()}) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             head = "POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -54,20 +55,20 @@ def test_a_declared_body_over_the_cap_is_413_before_it_is_sent() -> None:
 
 def test_health_answers_while_a_slow_encode_runs() -> None:
     """The encode holds its request until the test releases it: /healthz must answer meanwhile."""
-    model = GatedEncode()
+    model = GatedEncode(wait_s=SOCKET_BOUND_S / 2)
     with serve({"gated": model}) as url:
         answers: list[int] = []
-        body = {"model": "gated", "input": {"x": [0.5]}}
+        body = {"model": "gated", "input": {"x": [GatedEncode.GATED_X]}}
         solver = threading.Thread(
             target=lambda: answers.append(httpx.post(f"{url}/v1/solve", json=body, timeout=60).status_code)
         )
         solver.start()
         assert model.entered.wait(SOCKET_BOUND_S)
         health = httpx.get(f"{url}/healthz", timeout=SOCKET_BOUND_S)
-        encode_was_running = not model.release.is_set() and solver.is_alive()
+        answered_during_encode = not model.returned.is_set()
         model.release.set()
         solver.join()
-    assert health.status_code == 200 and encode_was_running
+    assert health.status_code == 200 and answered_during_encode
     assert answers == [200]
 
 
@@ -107,8 +108,9 @@ def test_requests_over_the_connection_limit_get_503() -> None:
 
 
 @contextmanager
-def eqserve(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    """`eqserve serve --models reciprocal ARGS` on a free port, logging to a file; killed if still up."""
+def eqserve(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """`eqserve serve --models reciprocal ARGS` on a free port with EQSERVE_* variables `env`, logging
+    to a file; killed if still up."""
     port = free_port()
     log = tmp_path / "eqserve.log"
     with log.open("w") as out:
@@ -116,6 +118,7 @@ def eqserve(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str,
             [EQSERVE, "serve", "--port", str(port), "--models", "reciprocal", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=os.environ | {f"EQSERVE_{k.upper()}": v for k, v in env.items()},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -127,31 +130,29 @@ def eqserve(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str,
             proc.wait(10)
 
 
-def test_the_key_never_reaches_the_log_or_the_process_list(tmp_path: Path) -> None:
+def test_the_key_never_reaches_the_log(tmp_path: Path) -> None:
+    """The live page's WebSocket carries the key in its URL; the access log must not."""
     key = "k-9f8e7d6c5b4a"
-    key_file = tmp_path / "key"
-    key_file.write_text(key)
-    with eqserve(tmp_path, "--api-key-file", str(key_file)) as (proc, url, log):
+    with eqserve(tmp_path, api_key=key) as (proc, url, log):
         ws_url = url.replace("http", "ws", 1) + f"/v1/solve/stream?token={key}"
         with connect(ws_url) as ws:
             ws.send(json.dumps({"model": "reciprocal", "input": {"x": [0.5]}}))
             events = [json.loads(m) for m in ws]
         assert events[-1]["type"] == "result"
         assert httpx.get(f"{url}/v1/models?token={key}").status_code == 401
-        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         proc.terminate()
         proc.wait(SOCKET_BOUND_S)
     text = log.read_text()
     assert "/v1/solve/stream?token=" in text and "/v1/models?token=" in text
-    assert key not in text and key.encode() not in argv
+    assert key not in text
 
 
 def test_sigterm_drains_in_flight_solves_and_streams_then_exits_0(tmp_path: Path) -> None:
     """Solves that end by themselves within the drain are answered as usual, one that would run past
     it is answered `cancelled`; meanwhile readiness and new solves answer 503; the exit status is 0."""
     drain_s, short_s = 6.0, 2.0
-    args = ("--drain-timeout-s", str(drain_s), "--max-iters-cap", str(10**9), "--timeout-cap-s", "120")
-    with eqserve(tmp_path, *args) as (proc, url, log):
+    args = ("--max-iters-cap", str(10**9), "--timeout-cap-s", "120")
+    with eqserve(tmp_path, *args, drain_timeout_s=str(drain_s)) as (proc, url, log):
         endless = {"model": "reciprocal", "input": {"x": [1e-6]}, "budget": {"tol": 0, "max_iters": 10**9}}
         short = endless | {"budget": endless["budget"] | {"timeout_s": short_s}}
         long_ = endless | {"budget": endless["budget"] | {"timeout_s": 60}}
