@@ -169,6 +169,12 @@ class ImplicitModel(nn.Module):
         out = bctx if keep is None else {k: v.index_select(0, keep) for k, v in bctx.items()}
         if fresh:
             out = self.collate([out, self.collate(fresh)])
+        if keep is not None:  # rows left: the largest may have gone, so fit the padding to those staying
+            rows = kept + fresh
+            for k, v in out.items():
+                top = bound([tuple(c[k].shape[1:]) for c in rows])
+                if tuple(v.shape[1:]) != top:
+                    out[k] = pad_to(v, top)
         return out
 
     def placeable(self, bctx: Ctx, fresh: list[Ctx]) -> bool:

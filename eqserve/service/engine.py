@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -703,8 +704,10 @@ def _failed(job: SolveJob, row: _Row, stop: Stop) -> SolveResult:
 
 
 _ids = itertools.count(1)
+_PROCESS = secrets.token_hex(4)
+"""This process's part of every request id, so that replicas sharing dashboards and logs never collide."""
 
 
 def new_id() -> str:
-    """A short request id unique within this process."""
-    return f"req-{next(_ids):08d}"
+    """A request id unique across processes: a random per-process prefix and a counter."""
+    return f"req-{_PROCESS}-{next(_ids):08d}"
