@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from eqserve.models.base import Ctx
 from eqserve.models.deq_mlp.model import HELDOUT_FILE, DeqMLP
 from eqserve.models.reciprocal import Reciprocal
-from eqserve.models.registry import WEIGHTS_DIR, load_model
+from eqserve.models.registry import load_model
+from eqserve.models.shipped import WEIGHTS_DIR
 from eqserve.models.tensors import Tensor, TensorError, TensorMap
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
