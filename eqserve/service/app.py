@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from eqserve.models.base import ImplicitModel
@@ -16,6 +16,7 @@ from eqserve.service.config import Settings
 from eqserve.service.drain import Drain, DrainGate
 from eqserve.service.errors import error_body, install_handlers
 from eqserve.service.limits import BodyCap
+from eqserve.service.openapi import install as install_openapi
 from eqserve.service.routes_docs import mount_docs
 from eqserve.service.routes_page import mount_page
 from eqserve.service.routes_repository import router as repository_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
     app.add_middleware(DrainGate, drain=drain)
     install_handlers(app)
     mount_docs(app)
+    install_openapi(app)
     app.include_router(v1_router, dependencies=[Depends(require_key)])
     app.include_router(stream_router)
     app.include_router(v2_health_router)
@@ -65,7 +67,7 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
             return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
         return {"status": "ready", "models": list(state.served)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus metrics of every served model."""
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
