@@ -93,6 +93,54 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from eqserve.service.client import Client, EqserveError
+
+    options: dict[str, Any] = {"iters": [int(s) for s in args.iters.split(",") if s.strip()]}
+    options |= {"pairs": args.pairs, "delta": args.delta}
+    if args.inputs:
+        options["inputs"] = _read_input(args.inputs)
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            result = client.analyze(args.model, **options)
+        except EqserveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.plot:
+        _plot_analysis(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']}: {result['inputs']} input(s), {result['pairs']} perturbed pair(s) each")
+    print(f"{'t':>6}  {'L_t':>10}  {'E_t':>10}")
+    errors = result["error"] or [None] * len(result["t"])
+    for t, lip, err in zip(result["t"], result["lipschitz"], errors, strict=True):
+        print(f"{t:>6}  {_num(lip):>10}  {_num(err):>10}")
+    return 0
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def _plot_analysis(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'eqserve[bench]'") from None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(result["t"], result["lipschitz"], "o-", label="L_t (empirical Lipschitz)")
+    if result["error"] is not None:
+        ax.plot(result["t"], result["error"], "s-", label="E_t (error)")
+    ax.set(xscale="log", yscale="log", xlabel="t (iterations)", title=f"{result['model']}: the t-step map")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def _check(args: argparse.Namespace) -> int:
     from eqserve.models.check import check_model
 
@@ -151,6 +199,18 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("specs", nargs="*", metavar="SPEC", help=spec_help)
     config.add_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    analyze = sub.add_parser("analyze", help="E_t and L_t of a served model's t-step map")
+    analyze.add_argument("model")
+    analyze.add_argument("--iters", default="1,2,4,8,16,32,64")
+    analyze.add_argument("--inputs", help="JSON list of {input, reference?}, or @file (default: the example)")
+    analyze.add_argument("--pairs", type=int, default=2, help="perturbed copies of each input")
+    analyze.add_argument("--delta", type=float, default=1e-3, help="size of each perturbation")
+    analyze.add_argument("--plot", type=Path, help="write a PNG of L_t and E_t against t")
+    analyze.add_argument("--json", action="store_true", help="print one JSON line")
+    analyze.add_argument("--url", default=DEFAULT_URL)
+    analyze.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
+    analyze.set_defaults(func=_analyze)
 
     check = sub.add_parser("check", help="load a model and check its contract on its example input")
     check.add_argument("spec", metavar="SPEC", help=spec_help)

@@ -129,6 +129,10 @@ class Client:
         """The served models."""
         return _check(self._http.get("/v1/models"))["models"]
 
+    def analyze(self, model: str, **options: Any) -> dict[str, Any]:
+        """E_t and L_t of a served model (POST /v1/analyze; options as its request fields)."""
+        return _check(self._http.post("/v1/analyze", json={"model": model, **options}))
+
     def model(self, name: str) -> dict[str, Any]:
         """One model's schemas, defaults and example input."""
         return _check(self._http.get(f"/v1/models/{name}"))

@@ -50,6 +50,9 @@ class Settings:
         metadata={"help": "continuous: join and leave every tick; static: a batch runs to its slowest row"},
     )
     max_iters_cap: int = field(default=10_000, metadata={"help": "largest budget.max_iters accepted"})
+    analyze_cap: int = field(
+        default=200_000, metadata={"help": "most row-iterations one /v1/analyze may spend (rows × max t)"}
+    )
     max_state_cap: int = field(
         default=1_000_000, metadata={"help": "largest state (entries) one request may have"}
     )
