@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -9,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
 from tests.live_server import live_server
+from tests.shaped_models import Grid
 
 FINAL = ("converged", "max_iters", "deadline", "diverged", "cancelled", "error")
+MODELS = {"reciprocal": Reciprocal(), "grid": Grid(c=0.98)}
 WAIT_S = 20
 
 
@@ -36,7 +40,7 @@ def _missing() -> str | None:
 def server() -> Iterator[str]:
     """A real server of reciprocal, with room for long solves and no dropped iterates."""
     settings = Settings(models=[], max_iters_cap=10**7, stream_buffer=100_000)
-    with live_server(create_app(settings, {"reciprocal": Reciprocal()})) as url:
+    with live_server(create_app(settings, MODELS)) as url:
         yield url
 
 
@@ -86,14 +90,16 @@ def wait(driver: Any, condition: Any, what: str) -> None:
     WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(condition, what)
 
 
-def open_page(driver: Any, url: str, **fields: str) -> None:
-    """Load `/`, wait for reciprocal's example input, then type the given form fields."""
+def open_page(driver: Any, url: str, model: str = "reciprocal", **fields: str) -> None:
+    """Load `/`, pick `model` and wait for its example input, then type the given form fields."""
     from selenium.webdriver.support.ui import Select
 
     driver.get(url + "/")
-    wait(driver, lambda d: d.find_elements("css selector", "#model option"), "the model list")
-    Select(driver.find_element("id", "model")).select_by_value("reciprocal")
-    wait(driver, lambda d: '"x"' in d.find_element("id", "input").get_attribute("value"), "example input")
+    listed = f"#model option[value='{model}']"
+    wait(driver, lambda d: d.find_elements("css selector", listed), "the model list")
+    Select(driver.find_element("id", "model")).select_by_value(model)
+    first_key = f'"{next(iter(MODELS[model].example_input))}"'
+    wait(driver, lambda d: first_key in d.find_element("id", "input").get_attribute("value"), "example input")
     for element_id, value in fields.items():
         field = driver.find_element("id", element_id.replace("_", "-"))
         field.clear()
@@ -148,3 +154,33 @@ def test_cancel_stops_a_long_solve(browser: Any, server: str) -> None:
     assert 0 < int(text(browser, "iterations")) < 10_000_000
     assert points(browser) == int(text(browser, "streamed"))
     assert browser.find_element("id", "cancel").get_attribute("disabled") is not None
+
+
+def test_a_2d_state_is_drawn_as_an_image_while_it_settles(browser: Any, server: str, tmp_path: Path) -> None:
+    """The grid model's iterates stream as base64 and the canvas shows the newest: once converged its
+    brightest pixel is the field's maximum, computed here by iterating G to its fixed point."""
+    n = 32
+    f = torch.zeros(n, n, dtype=torch.float64)
+    f[8, 10], f[22, 20], f[5, 25] = 1.0, 0.6, -0.8
+    open_page(browser, server, model="grid", every="5", tol="1e-9", max_iters="5000")
+    field = browser.find_element("id", "input")
+    field.clear()
+    browser.execute_script("arguments[0].value = arguments[1]", field, json.dumps({"f": f.tolist()}))
+    browser.find_element("id", "solve").click()
+    assert wait_result(browser, 1) == "converged"
+    canvas = browser.find_element("id", "field")
+    assert canvas.is_displayed() and canvas.get_attribute("data-shape") == f"{n}x{n}"
+    assert int(canvas.get_attribute("data-frames")) >= 2
+    model, y = MODELS["grid"], torch.zeros(1, n, n, dtype=torch.float64)
+    ctx = model.encode(model.Input(f=f.tolist()))
+    for _ in range(2000):
+        y = model.step(y, ctx)
+    row, col = divmod(int(y[0].argmax()), n)
+    grey = browser.execute_script(
+        "return arguments[0].getContext('2d').getImageData(arguments[1], arguments[2], 1, 1).data[0]",
+        canvas, col, row,
+    )
+    assert grey == 255
+    shot = tmp_path / "live-page-field.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000

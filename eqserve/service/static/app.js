@@ -1,4 +1,5 @@
-// The live convergence page: pick a model, solve over WS /v1/solve/stream, draw the residual curve.
+// The live convergence page: pick a model, solve over WS /v1/solve/stream, draw the residual curve
+// and, for a model whose state is 2-D (an image, a field), the state itself as it settles.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +19,8 @@ const run = {
   results: 0,
   outputText: "",
   frame: 0,
+  fieldModel: false, // the model's state is 2-D or more: stream it (base64) and draw it
+  field: null, // the newest streamed state, {encoding, dtype, shape, data}
 };
 
 // ---- fetches, with the API key as a bearer token ----
@@ -68,6 +71,8 @@ async function loadModel() {
     $("method").value = solver.method;
     $("damping").value = solver.damping;
     $("m").value = solver.m;
+    run.fieldModel = Array.isArray(m.state_shape) && m.state_shape.length >= 2;
+    $("field-box").hidden = !run.fieldModel;
   } catch (err) {
     showError(err.message);
   }
@@ -104,7 +109,11 @@ function buildRequest() {
       damping: numberField("damping", false),
       m: numberField("m", true),
     },
-    return: { every: numberField("every", true) ?? 1, output: $("want-output").checked },
+    return: {
+      every: numberField("every", true) ?? 1,
+      output: $("want-output").checked,
+      ...(run.fieldModel ? { state: true, encoding: "base64" } : {}),
+    },
   };
 }
 
@@ -133,6 +142,7 @@ function solve(event) {
     legs: [],
     results: 0,
     outputText: "",
+    field: null,
   });
   clearSummary();
   $("output").textContent = "–";
@@ -161,6 +171,7 @@ function handle(event) {
     run.points.push({ t: event.t, r: run.mode === "rel" ? event.rel_residual : event.residual });
     $("streamed").textContent = run.points.length;
     if (event.output !== undefined) run.outputText = formatValue(event.output, "");
+    if (event.y && event.y.encoding === "base64") run.field = event.y;
     scheduleDraw();
   } else if (event.type === "result") {
     if (event.output != null) run.outputText = formatValue(event.output, "");
@@ -387,6 +398,45 @@ function draw() {
 
   const out = $("output");
   if (run.outputText && out.textContent !== run.outputText) out.textContent = run.outputText;
+  if (run.field) drawField(run.field);
+}
+
+// ---- the state as an image: the last two axes, the first channel, grey from its min to its max ----
+
+function decodeState(y) {
+  const bytes = Uint8Array.from(atob(y.data), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  const width = y.dtype === "float64" ? 8 : 4;
+  const out = new Float64Array(bytes.length / width);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = width === 8 ? view.getFloat64(i * 8, true) : view.getFloat32(i * 4, true);
+  }
+  return out;
+}
+
+function drawField(y) {
+  const values = decodeState(y);
+  const [h, w] = y.shape.slice(-2);
+  const canvas = $("field");
+  if (canvas.width !== w || canvas.height !== h) Object.assign(canvas, { width: w, height: h });
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (let i = 0; i < h * w; i++) {
+    if (Number.isFinite(values[i])) {
+      lo = Math.min(lo, values[i]);
+      hi = Math.max(hi, values[i]);
+    }
+  }
+  const span = hi > lo ? hi - lo : 1;
+  const image = canvas.getContext("2d").createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const v = Number.isFinite(values[i]) ? Math.round((255 * (values[i] - lo)) / span) : 0;
+    image.data.set([v, v, v, 255], 4 * i);
+  }
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  canvas.dataset.frames = Number(canvas.dataset.frames || 0) + 1;
+  canvas.dataset.shape = y.shape.join("x");
+  $("field-range").textContent = `${y.shape.join(" × ")}, ${formatNumber(lo)} … ${formatNumber(hi)}`;
 }
 
 // ---- wiring ----
