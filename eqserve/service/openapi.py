@@ -9,15 +9,17 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from eqserve.service.analyze import AnalyzeRequest
 from eqserve.service.auth import OPEN_PATHS
 from eqserve.service.routes_v2 import InferenceRequest
 from eqserve.service.schemas import SolveRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/v1/solve", "post"): SolveRequest,
+    ("/v1/analyze", "post"): AnalyzeRequest,
     ("/v2/models/{name}/infer", "post"): InferenceRequest,
 }
-"""The body each solve operation reads."""
+"""The body each operation that solves reads."""
 
 V1_ERROR = {
     "type": "object",
