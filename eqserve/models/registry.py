@@ -173,10 +173,24 @@ def from_directory(path: Path, version: int | None = None) -> ModelSource:
 
 
 def repository(path: Path) -> dict[str, Path]:
-    """The model directories directly under a model repository, by their served names."""
+    """The model directories directly under a model repository, by their served names.
+
+    Only each `eqserve.toml`'s name is read: a directory whose newest version is still being copied
+    in (or is broken) must not hide the others from the index, nor their load and unload.
+    """
     if not path.is_dir():
         raise ModelLoadError(f"model repository {path} is not a directory")
-    return {from_directory(p).name: p for p in sorted(path.iterdir()) if (p / CONFIG).is_file()}
+    return {_configured_name(p): p for p in sorted(path.iterdir()) if (p / CONFIG).is_file()}
+
+
+def _configured_name(path: Path) -> str:
+    """The name a model directory's `eqserve.toml` gives it; the folder's name when it gives none or
+    cannot be read (`from_directory` says why when the model is loaded)."""
+    try:
+        name = tomllib.loads((path / CONFIG).read_text()).get("name", path.name)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return path.name
+    return name if isinstance(name, str) and name else path.name
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> ImplicitModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,16 +98,18 @@ class ServerState:
         out = []
         for name, path in self._repository().items():
             served = self.served.get(name)
+            live = served is not None and name not in self.unloading
             entry: dict[str, Any] = {"name": name}
             try:
-                source = from_directory(path)
+                # The version serving, not a newer one on disk that is not loaded (or failed to load).
+                source = served.source if live and served.source is not None else from_directory(path)
             except ModelLoadError as exc:
-                out.append(entry | {"state": "UNAVAILABLE", "reason": str(exc)})
+                out.append(entry | {"state": "UNAVAILABLE", "reason": self._reason(exc)})
                 continue
             version = source.root.name if source.root is not None and source.root != path.resolve() else ""
             if version:
                 entry["version"] = version
-            if served is not None and name not in self.unloading:
+            if live:
                 out.append(entry | {"state": "READY", "reason": ""})
             else:
                 out.append(entry | {"state": "UNAVAILABLE", "reason": "unloaded"})
@@ -123,12 +126,19 @@ class ServerState:
             served = self._serve(source.load(self.settings.device), source)
         except Exception as exc:
             log.warning("loading model %s failed: %s", name, exc)
-            raise ApiError(400, "load_failed", f"model {name!r} failed to load: {exc}", "name") from None
+            reason = self._reason(exc)
+            raise ApiError(400, "load_failed", f"model {name!r} failed to load: {reason}", "name") from None
         old = self.served.get(name)
         self.served[name] = served
         self.unloading.discard(name)
         if old is not None:
             self._retire(old)
+
+    def _reason(self, exc: Exception) -> str:
+        """Why a repository model cannot load, its paths relative to the repository: error texts are
+        clipped, so long absolute paths would hide the reason, and clients need not see the layout."""
+        root = Path(self.settings.model_repository).resolve()
+        return str(exc).replace(f"{root}{os.sep}", "")
 
     def unload(self, name: str) -> None:
         """Stop serving `name`: new solves get 503, those accepted finish, then the worker is freed.
@@ -185,7 +195,16 @@ class ServerState:
         except EngineClosed as exc:
             raise ApiError(503, "unloading", str(exc), "model", {"Retry-After": "1"}) from None
 
+    def worker_ok(self, served: Served) -> bool:
+        """Its worker runs and is not stuck: no tick of it has lasted past `stuck_tick_s` (a hung step
+        leaves the thread alive, so liveness alone would not show it)."""
+        return served.engine.alive and served.engine.busy_s <= self.settings.stuck_tick_s
+
+    def not_ready(self) -> list[str]:
+        """The models whose worker has stopped or is stuck."""
+        return [name for name, s in self.served.items() if not self.worker_ok(s)]
+
     @property
     def ready(self) -> bool:
-        """Every model is loaded and its worker is alive."""
-        return bool(self.served) and all(s.engine.alive for s in self.served.values())
+        """Every model is loaded and its worker runs, none stuck."""
+        return bool(self.served) and not self.not_ready()
