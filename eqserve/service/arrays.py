@@ -13,12 +13,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from eqserve.models.arrays import DTYPES, ArrayError, decode_base64, little
 from eqserve.service.errors import ApiError
 
 Encoding = Literal["list", "base64"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
-"""The dtypes a base64 state may carry."""
 
 
 def encode_state(y: torch.Tensor, encoding: Encoding = "list") -> Any:
@@ -28,7 +27,7 @@ def encode_state(y: torch.Tensor, encoding: Encoding = "list") -> Any:
         return row.float().tolist() if row.dtype != torch.float64 else row.tolist()
     dtype = row.dtype if row.dtype in DTYPES.values() else torch.float32
     name = str(dtype).removeprefix("torch.")
-    raw = row.detach().to("cpu", dtype).contiguous().numpy().astype(_little(name))
+    raw = row.detach().to("cpu", dtype).contiguous().numpy().astype(little(name))
     return {
         "encoding": "base64",
         "dtype": name,
@@ -59,29 +58,9 @@ def decode_state(value: Any, shape: tuple[int, ...], like: torch.Tensor, field: 
 
 
 def _from_base64(value: dict[str, Any], shape: tuple[int, ...], like: torch.Tensor, field: str) -> torch.Tensor:  # noqa: E501
-    if value.get("encoding") != "base64" or not isinstance(value.get("data"), str):
-        why = 'an encoded state needs "encoding": "base64" and "data"'
-        raise ApiError(422, "invalid_request", why, field)
-    name = str(value.get("dtype", ""))
-    dtype = DTYPES.get(name)
-    if dtype is None:
-        raise ApiError(422, "invalid_request", f"dtype must be one of {', '.join(DTYPES)}", f"{field}.dtype")
-    if [int(n) for n in value.get("shape", [])] != list(shape):
-        raise ApiError(422, "invalid_request", f"shape must be {list(shape)}", f"{field}.shape")
     try:
-        raw = base64.b64decode(value["data"], validate=True)
-    except ValueError:
-        raise ApiError(422, "invalid_request", "data is not valid base64", f"{field}.data") from None
-    width = torch.empty((), dtype=dtype).element_size()
-    if len(raw) != width * math.prod(shape):
-        raise ApiError(422, "invalid_request", f"data holds {len(raw)} bytes, not {width * math.prod(shape)}",
-                       f"{field}.data")  # fmt: skip
-    arr = np.frombuffer(raw, dtype=_little(name)).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise ApiError(422, "invalid_request", "must be finite numbers", f"{field}.data")
-    return torch.as_tensor(arr.copy(), dtype=like.dtype, device=like.device).unsqueeze(0)
-
-
-def _little(name: str) -> np.dtype:
-    """The little-endian numpy dtype of a state dtype's name."""
-    return np.dtype(name).newbyteorder("<")
+        arr = decode_base64(value, shape)
+    except ArrayError as exc:
+        where = f"{field}.{exc.where}" if exc.where else field
+        raise ApiError(422, "invalid_request", exc.message, where) from None
+    return torch.as_tensor(arr, dtype=like.dtype, device=like.device).unsqueeze(0)
