@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = config.load(args)
     app = create_app(settings)
+    app.state.eq.load_all()  # a model that cannot load is an error line and exit 2, before anything listens
     server = DrainingServer(uvicorn_config(app, settings.host, settings.port, settings.log_level))
     server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer)])
     return 0
@@ -142,8 +143,11 @@ def _plot_analysis(result: dict[str, Any], path: Path) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import torch
+
     from eqserve.models.check import check_model
 
+    torch.set_num_threads(1)  # as `eqserve serve` runs a model by default (--torch-threads 1)
     model = load_model(args.spec, args.device)  # a ModelLoadError (a ValueError) names the problem
     report = check_model(model)
     print(report.render())

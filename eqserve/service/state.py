@@ -44,6 +44,8 @@ class ServerState:
 
     settings: Settings
     served: dict[str, Served] = field(default_factory=dict)
+    loaded: list[tuple[ModelSource, ImplicitModel]] | None = None
+    """Models loaded by `load_all` whose workers `start` has not started yet."""
     unloading: set[str] = field(default_factory=set)
     """Models whose engines finish their last solves before they go: new solves get 503."""
     metrics: Metrics = field(init=False)
@@ -51,16 +53,26 @@ class ServerState:
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.settings.max_iters_cap)
 
-    def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
-        """Load every configured model (or take the given ones) and start its worker."""
+    def load_all(self) -> None:
+        """Load every configured model (its code and weights) without starting workers, so that a model
+        that cannot load stops `eqserve serve` with its reason before the server listens."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
+        if self.loaded is None:
+            self.loaded = [(source, source.load(self.settings.device)) for source in self.sources()]
+
+    def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
+        """Start a worker for every loaded model (loading them first if need be), or for the given ones."""
         if models:
+            if self.settings.torch_threads:
+                torch.set_num_threads(self.settings.torch_threads)
             for name, model in models.items():
                 self.served[name] = self._serve(model)
             return
-        for source in self.sources():
-            self.served[source.name] = self._serve(source.load(self.settings.device), source)
+        self.load_all()
+        for source, model in self.loaded or []:
+            self.served[source.name] = self._serve(model, source)
+        self.loaded = []
 
     def sources(self) -> list[ModelSource]:
         """The models the settings name: each SPEC, then every model directory of the repository."""
