@@ -30,6 +30,13 @@ def lp_gnn() -> ImplicitModel:
     return LpGnn.from_weights(WEIGHTS_DIR / "lp-gnn.safetensors")
 
 
+def deblur() -> ImplicitModel:
+    """DEQ-PGD image deblurring with its shipped weights."""
+    from eqserve.models.deblur.model import Deblur
+
+    return Deblur.from_weights(WEIGHTS_DIR / "deblur.safetensors")
+
+
 def _train_deq_mlp(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
     from eqserve.models.deq_mlp.train import train
 
@@ -42,5 +49,15 @@ def _train_lp_gnn(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
     return train(out_dir, **kwargs)  # type: ignore[arg-type]
 
 
-TRAINERS: dict[str, Callable[..., dict]] = {"deq-mlp": _train_deq_mlp, "lp-gnn": _train_lp_gnn}
+def _train_deblur(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
+    from eqserve.models.deblur.train import train
+
+    return train(out_dir, **kwargs)  # type: ignore[arg-type]
+
+
+TRAINERS: dict[str, Callable[..., dict]] = {
+    "deq-mlp": _train_deq_mlp,
+    "lp-gnn": _train_lp_gnn,
+    "deblur": _train_deblur,
+}
 """`eqserve train NAME`: the built-in models that have weights, and the code that trains them."""
