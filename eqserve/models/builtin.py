@@ -37,6 +37,13 @@ def deblur() -> ImplicitModel:
     return Deblur.from_weights(WEIGHTS_DIR / "deblur.safetensors")
 
 
+def ns_fno() -> ImplicitModel:
+    """Steady 2-D Navier–Stokes as a DEQ with a Fourier layer, with its shipped weights."""
+    from eqserve.models.ns_fno.model import NsFno
+
+    return NsFno.from_weights(WEIGHTS_DIR / "ns-fno.safetensors")
+
+
 def _train_deq_mlp(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
     from eqserve.models.deq_mlp.train import train
 

@@ -17,6 +17,7 @@ from eqserve.models.ns_fno.data import relative_error
 from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Readout, operator_norm
 from eqserve.models.ns_fno.solver import velocity
 from eqserve.models.shipped import WEIGHTS_DIR
+from eqserve.models.tensors import TensorMap, float_datatype
 
 HELDOUT_FILE = "ns-fno-heldout.safetensors"
 EXPLICIT_FILE = "ns-fno-explicit.safetensors"
@@ -44,6 +45,12 @@ class NsFnoInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     forcing: list[list[FiniteFloat]] | EncodedField = Field(union_mode="left_to_right")
+
+
+class _ForcingTensor(BaseModel):
+    """The v2 tensor form of the input: the forcing as one FP tensor (v2 carries raw bytes itself)."""
+
+    forcing: list[list[FiniteFloat]]
 
 
 class NsFnoOutput(BaseModel):
@@ -152,7 +159,7 @@ class NsFno(ImplicitModel):
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         grids = ctx["grid"]
-        sizes = grids.unique().tolist()
+        sizes = [int(n) for n in grids.unique().tolist()]
         if len(sizes) == 1 and sizes[0] == y.shape[-1]:
             return fourier_step(self.block, y, ctx["inj"], 1.0)
         out = torch.zeros_like(y)
@@ -171,6 +178,10 @@ class NsFno(ImplicitModel):
         with torch.no_grad():
             w = self.vorticity(y[:1])
             return {"vorticity": w[0].tolist(), "velocity": velocity(w)[0].tolist()}
+
+    def v2_inputs(self) -> TensorMap:
+        """The forcing as one [n, n] tensor (the base64 form is for the JSON of /v1/solve)."""
+        return TensorMap(_ForcingTensor, float_datatype(self.dtype()))
 
     def evaluate(self, iters: list[int], grid: int = 32) -> EvalReport:
         """Mean relative L2 error of ω(z_t), z_0 = 0, on the held-out set at `grid`² (32 or 64); and
