@@ -118,7 +118,7 @@ def _matching_width(params: int, modes: int, depth: int) -> int:
 def train(
     out_dir: Path,
     *,
-    epochs: int = 30,
+    epochs: int = 10,
     seed: int = 0,
     log: Callable[[str], None] = print,
     channels: int = 16,
