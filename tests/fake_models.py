@@ -102,3 +102,26 @@ class SleepyStep(Reciprocal):
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         time.sleep(self.sleep_s)
         return super().step(y, ctx)
+
+
+HANG_X = 1.5
+"""A batch holding a row with this x makes Hanging's step block."""
+
+
+class Hanging(Reciprocal):
+    """Reciprocal whose step blocks on a batch holding HANG_X until `release` is set (at most `wait_s`),
+    as a model that deadlocks would; `entered` tells that it blocks. Once released it steps as usual."""
+
+    name = "hanging"
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__()
+        self.wait_s = wait_s
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        if (ctx["x"] == HANG_X).any():
+            self.entered.set()
+            self.release.wait(self.wait_s)
+        return super().step(y, ctx)

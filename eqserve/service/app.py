@@ -62,9 +62,12 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Any:
-        """Every model is loaded and its worker runs, and the server is not draining."""
+        """Every model is loaded and its worker runs, none stuck in a step, and the server is not draining."""
         if drain.draining:
             return JSONResponse(error_body("draining", "the server is shutting down"), 503)
+        if down := state.not_ready():
+            message = f"the worker of {', '.join(map(repr, down))} stopped or is stuck in a step"
+            return JSONResponse(error_body("not_ready", message), 503)
         if not state.ready:
             return JSONResponse(error_body("not_ready", "models are loading or a worker stopped"), 503)
         return {"status": "ready", "models": list(state.served)}

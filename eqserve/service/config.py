@@ -95,6 +95,13 @@ class Settings:
             "Kubernetes' 30 s grace)"
         },
     )
+    stuck_tick_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "a model whose worker has spent this long in one tick is reported not ready, and its "
+            "requests are answered 503 this long after their deadline (a step that hangs)"
+        },
+    )
     stream_grace_s: float = field(
         default=30.0, metadata={"help": "how long a stream keeps a stopped solve's state for 'extend'"}
     )
@@ -127,8 +134,8 @@ class Settings:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
         if self.max_body_bytes < 1 or self.max_connections < 1:
             raise ValueError("max_body_bytes and max_connections must be ≥ 1")
-        if min(self.header_timeout_s, self.keep_alive_s, self.drain_timeout_s) <= 0:
-            raise ValueError("header_timeout_s, keep_alive_s and drain_timeout_s must be > 0")
+        if min(self.header_timeout_s, self.keep_alive_s, self.drain_timeout_s, self.stuck_tick_s) <= 0:
+            raise ValueError("header_timeout_s, keep_alive_s, drain_timeout_s and stuck_tick_s must be > 0")
         if self.api_key_file and not self.api_key:
             try:
                 self.api_key = Path(self.api_key_file).read_text().strip()

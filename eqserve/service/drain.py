@@ -38,15 +38,20 @@ RETRY_AFTER_S = 5
 """Retry-After of a solve refused while draining: by then another replica should take it."""
 
 
+SOLVE_PATHS = ("/v1/solve", "/v1/analyze")
+"""The /v1 routes whose POST starts solves."""
+
+
 def is_solve(scope: Scope) -> bool:
-    """Whether a request starts a solve: POST /v1/solve (SSE included), the stream, a v2 infer."""
+    """Whether a request starts solves: POST /v1/solve (SSE included), the stream, a v2 infer, and
+    POST /v1/analyze (whose rows are solves)."""
     path = scope["path"]
     if scope["type"] == "websocket":
         return path == "/v1/solve/stream"
     return (
         scope["type"] == "http"
         and scope["method"] == "POST"
-        and (path == "/v1/solve" or (path.startswith("/v2/models/") and path.endswith("/infer")))
+        and (path in SOLVE_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer")))
     )
 
 

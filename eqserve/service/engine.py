@@ -260,6 +260,8 @@ class Engine:
         """Seconds a rebuild of the batch costs (moving average over rebuilds)."""
         self.ticks = 0
         self.last_tick_rows = 0
+        self._busy_since: float | None = None
+        """monotonic() when the worker began its current admissions and tick; None between them."""
         self.observer: EngineObserver = NullObserver()
         self._t: dict[str, torch.Tensor] = {}
         self._solver: SolverState | None = None
@@ -290,6 +292,13 @@ class Engine:
     def alive(self) -> bool:
         """Whether the worker thread runs."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the worker has spent in its current admissions and tick (0 while it waits): a model
+        whose step hangs shows here, while the thread itself is still alive."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def waiting(self) -> int:
@@ -336,9 +345,11 @@ class Engine:
                     if self._stopping:
                         break
                     admitted = self._take_admissions()
+                self._busy_since = time.monotonic()
                 self._admit(admitted)
                 if self._rows:
                     self._tick()
+                self._busy_since = None
         self._fail_all(Stop.CANCELLED)
 
     def _take_admissions(self) -> list[SolveJob]:

@@ -51,7 +51,8 @@ ERRORS = {
     422: "malformed JSON, wrong types or shapes, values out of range or over the server's caps",
     429: "the model's waiting queue is full; retry after Retry-After seconds",
     500: "the model failed in its step, or an internal error (the message quotes the logged request id)",
-    503: "the server is draining for shutdown, or over its connection limit",
+    503: "the server is draining for shutdown or over its connection limit, or the model's worker is stuck "
+    "in a step past the request's deadline",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ router = APIRouter()
 CLOSE_CODES = {401: 1008, 503: 1013}
 """The close code after an error event: policy violation for a missing key, "try again later" while
 the server drains, normal otherwise."""
+
+STUCK_RETRY_S = 5
+"""Retry-After of a solve given up on a stuck worker: time for a load balancer to route elsewhere."""
 
 
 def error_event(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -53,8 +57,24 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
         err = model_error(exc, job.id) if isinstance(exc, ModelStepError) else internal_error(exc, job.id)
         stream.finish(error_event(err.type, err.message))
 
+    def give_up() -> None:  # the worker did not answer by the deadline: it is stuck in a step
+        job.cancelled = True
+        err = stuck_error()
+        stream.finish(error_event(err.type, err.message))
+
     fut.add_done_callback(done)
+    if job.timeout_s is not None:
+        wait_s = job.deadline + state.settings.stuck_tick_s - time.monotonic()
+        timer = asyncio.get_running_loop().call_later(wait_s, give_up)
+        fut.add_done_callback(lambda _: timer.cancel())
     return fut
+
+
+def stuck_error() -> ApiError:
+    """The 503 of a solve whose model's worker has not come back from a tick `stuck_tick_s` past the
+    solve's deadline: the worker answers deadlines only between ticks, so the route answers it."""
+    message = "the model did not answer by the request's deadline: its worker is stuck in a step"
+    return ApiError(503, "stuck", message, "model", {"Retry-After": str(STUCK_RETRY_S)})
 
 
 def model_error(exc: ModelStepError, request_id: str) -> ApiError:
@@ -214,7 +234,7 @@ async def _legs(
             return
         async for batch in stream.batches():
             await send(batch)
-        result: SolveResult | None = None if fut.exception() else fut.result()
+        result: SolveResult | None = None if not fut.done() or fut.exception() else fut.result()
         if result is None or result.resume is None:
             return
         ext = await ws.app.state.drain.until(control.extends.get(), state.settings.stream_grace_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from eqserve.service.engine import ModelStepError, SolveJob, SolveResult
 from eqserve.service.errors import read_json
 from eqserve.service.responses import to_response
-from eqserve.service.routes_stream import model_error, parse_solve, sse_response
+from eqserve.service.routes_stream import model_error, parse_solve, sse_response, stuck_error
 from eqserve.service.schemas import SolveResponse
 from eqserve.service.state import Served, ServerState
 
@@ -26,7 +27,12 @@ def _state(request: Request) -> ServerState:
 
 
 async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> SolveResult:
-    """Await the solve; a client that goes away cancels it, a model fault is a 500."""
+    """Await the solve; a client that goes away cancels it, a model fault is a 500.
+
+    The worker answers a solve at its deadline, at the end of a tick; one whose step hangs never does,
+    so the wait itself gives up `stuck_tick_s` past the deadline and answers 503 (`stuck`).
+    """
+    give_up = job.deadline + _state(request).settings.stuck_tick_s
     try:
         while True:
             done, _ = await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
@@ -34,6 +40,9 @@ async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> S
                 return fut.result()
             if await request.is_disconnected():
                 job.cancelled = True
+            if time.monotonic() > give_up:
+                job.cancelled = True  # should the worker come back, it drops the row at once
+                raise stuck_error()
     except asyncio.CancelledError:
         job.cancelled = True
         raise

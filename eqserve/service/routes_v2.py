@@ -98,8 +98,9 @@ async def live() -> dict[str, bool]:
 
 @health_router.get("/v2/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Every model is loaded and its worker runs (503 otherwise, for readiness probes)."""
-    ok = request.app.state.eq.ready
+    """Every model is loaded and its worker runs, none stuck, and the server is not draining (503
+    otherwise, for readiness probes)."""
+    ok = request.app.state.eq.ready and not request.app.state.drain.draining
     return JSONResponse({"ready": ok}, 200 if ok else 503)
 
 
@@ -134,8 +135,9 @@ async def model_metadata(name: str, request: Request) -> dict[str, Any]:
 
 @router.get("/v2/models/{name}/ready")
 async def model_ready(name: str, request: Request) -> JSONResponse:
-    """The model's worker runs (503 otherwise)."""
-    ok = request.app.state.eq.get(name).engine.alive
+    """The model's worker runs and is not stuck, and the server is not draining (503 otherwise)."""
+    state: ServerState = request.app.state.eq
+    ok = state.worker_ok(state.get(name)) and not request.app.state.drain.draining
     return JSONResponse({"name": name, "ready": ok}, 200 if ok else 503)
 
 

@@ -185,3 +185,16 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
     assert solved and advised
     drain_s = queue / (solved / elapsed)
     assert 1 <= max(advised) <= math.ceil(drain_s) + 1
+
+
+def test_draining_readiness_and_analysis_answer_503(client: TestClient) -> None:
+    """Once the drain begins, the v2 readiness routes say not ready and an analysis (its rows are
+    solves) is refused like a solve."""
+    analysis = {"model": "reciprocal", "iters": [1, 2], "inputs": [{"input": {"x": [0.5]}}]}
+    routes = ("/readyz", "/v2/health/ready", "/v2/models/reciprocal/ready")
+    assert [client.get(r).status_code for r in routes] == [200, 200, 200]
+    client.app.state.drain.begin()  # type: ignore[attr-defined]
+    assert [client.get(r).status_code for r in routes] == [503, 503, 503]
+    refused = client.post("/v1/analyze", json=analysis)
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "draining"
+    assert int(refused.headers["Retry-After"]) >= 1
