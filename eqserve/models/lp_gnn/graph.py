@@ -1,18 +1,15 @@
 """The bipartite graph of an LP, with the scalings the LP's solution is invariant under, and batching.
 
-Constraint nodes carry `[b_i / (a·s), type_i]` (type 1 for `=`), variable nodes `[c_j / ‖c‖∞, l_j / s,
-u_j / s]` with `s = max(‖l‖∞, ‖u‖∞)`, edge (i, j) carries `A_ij / a` with `a = ‖A‖₂`. All three scalings
-are exact symmetries of the LP: `y*(A, b, c, l, u) = s · y*(A/a, b/(a·s), c/‖c‖∞, l/s, u/s)`, so the
-networks work in units of `s` and the prediction is scaled back; and with `‖A/a‖₂ ≤ 1` a sum of
-messages over edges never expands distances, which the implicit net's contraction bound relies on.
-A batch of LPs is one graph of disjoint pieces.
+Constraint nodes carry `[b_i / s, type_i]` (type 1 for `=`), variable nodes `[c_j / ‖c‖∞, l_j / s, u_j / s]`
+with `s = max(‖l‖∞, ‖u‖∞)`, edge (i, j) carries `A_ij`. Both scalings are exact symmetries of the LP:
+`y*(A, b, c, l, u) = s · y*(A, b/s, c/‖c‖∞, l/s, u/s)`, so the networks work in units of `s` and the
+prediction is scaled back. A batch of LPs is one graph of disjoint pieces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from eqserve.models.lp_gnn.data import LP
@@ -52,40 +49,20 @@ def _max_abs(x: torch.Tensor) -> torch.Tensor:
     return torch.where(m > 0, m, torch.ones_like(m))
 
 
-DENSE_NORM_LIMIT = 4_000_000
-"""Up to this many entries ‖A‖₂ is computed exactly (dense SVD); above, bounded by √(‖A‖₁·‖A‖∞)."""
-
-
-def spectral_bound(lp: LP) -> float:
-    """An upper bound on ‖A‖₂ (exact for small A, nudged up past rounding), or 1 for A = 0."""
-    if not len(lp.vals) or not np.any(lp.vals):
-        return 1.0
-    if lp.m * lp.n <= DENSE_NORM_LIMIT:
-        dense = np.zeros((lp.m, lp.n))
-        np.add.at(dense, (lp.rows, lp.cols), lp.vals)
-        norm = float(np.linalg.norm(dense, 2))
-    else:
-        col = np.bincount(lp.cols, np.abs(lp.vals), minlength=lp.n).max()
-        row = np.bincount(lp.rows, np.abs(lp.vals), minlength=lp.m).max()
-        norm = float(np.sqrt(col * row))
-    return norm * (1 + 1e-5)
-
-
 def lp_graph(lp: LP, dtype: torch.dtype = torch.float32) -> Graph:
     """The normalised graph of one LP (finite bounds assumed)."""
     f64 = torch.float64
     b, c = torch.as_tensor(lp.b, dtype=f64), torch.as_tensor(lp.c, dtype=f64)
     low, up = torch.as_tensor(lp.l, dtype=f64), torch.as_tensor(lp.u, dtype=f64)
     s = _max_abs(torch.cat([low, up]))
-    a = spectral_bound(lp)
-    cons = torch.stack([b / (a * s), torch.as_tensor(lp.eq, dtype=f64)], dim=1)
+    cons = torch.stack([b / s, torch.as_tensor(lp.eq, dtype=f64)], dim=1)
     var = torch.stack([c / _max_abs(c), low / s, up / s], dim=1)
     edges = torch.stack([torch.as_tensor(lp.rows), torch.as_tensor(lp.cols)]).long()
     return Graph(
         cons.to(dtype),
         var.to(dtype),
         edges,
-        torch.as_tensor(lp.vals / a, dtype=dtype),
+        torch.as_tensor(lp.vals, dtype=dtype),
         s.to(dtype).expand(lp.n).clone(),
         torch.zeros(lp.n, dtype=torch.long),
     )

@@ -49,25 +49,21 @@ class LpOutput(BaseModel):
 
 
 def _state_dim(state: dict[str, torch.Tensor]) -> int:
-    return state["cons_emb.weight"].shape[0]
+    return state["trunk.cons_emb.weight"].shape[0]
 
 
 class LpGnn(ImplicitModel):
-    """G(y, x) = the implicit GNN's step on the LP x, in the LP's own units: a contraction in y."""
+    """G(y, x) = the implicit GNN's step on the LP x, in the LP's own units."""
 
     name = "lp-gnn"
     Input = LpInput
     Output = LpOutput
-    defaults = {"max_iters": 100, "tol": 1e-4, "stop_mode": "rel"}  # noqa: RUF012
-    """To the fixed point: G is a contraction (factor ≤ μ = 0.9 by construction), so plain Picard
-    reaches `rel` 1e-4 within 100 steps from any start (the shipped weights, whose realised factor is
-    ~1e-7, in 2); 100 is a bound, not a depth."""
+    defaults = {"max_iters": 8, "tol": 1e-4, "stop_mode": "rel"}  # noqa: RUF012
 
     def __init__(self, d: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
         self.net = ImplicitGNN(d)
         self.weights_dir = Path(weights_dir)
-        self.register_buffer("gain", self.net.gain().detach(), persistent=False)
 
     @classmethod
     def from_weights(cls, path: str | Path) -> LpGnn:
@@ -79,8 +75,6 @@ class LpGnn(ImplicitModel):
     def load(self, path: str | Path) -> LpGnn:
         """Load the implicit network's weights (strict), in eval mode."""
         self.net.load_state_dict(load_file(str(path)), strict=True)
-        with torch.no_grad():  # the gain depends on the weights alone: once here, not at every step
-            self.gain = self.net.gain().to(self.gain)
         return self.eval()
 
     @cached_property
@@ -90,9 +84,8 @@ class LpGnn(ImplicitModel):
     @property
     def description(self) -> str:  # type: ignore[override]
         return (
-            f"implicit bipartite GNN (d = {self.net.d}, a {float(self.net.mu):g}-contraction in y) "
-            "predicting the solution of min cᵀy s.t. Ay ∘ b, l ≤ y ≤ u at its fixed point; trained as a "
-            "DEQ on 10 × 50 LPs (Chen et al. 2023)"
+            f"implicit bipartite GNN (d = {self.net.hidden.out_features}) predicting the solution of "
+            "min cᵀy s.t. Ay ∘ b, l ≤ y ≤ u; trained on 10 × 50 LPs (Chen et al. 2023)"
         )
 
     @property
@@ -137,7 +130,7 @@ class LpGnn(ImplicitModel):
         g = Graph(*(ctx[k] for k in GRAPH_KEYS))
         row, col = g.lp, ctx["col"]
         out = torch.zeros_like(y)
-        out[row, col] = self.net.step(g, self.net.embed(g), y[row, col] / g.scale, self.gain) * g.scale
+        out[row, col] = self.net(g, y[row, col] / g.scale) * g.scale
         return out
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
