@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -171,22 +172,16 @@ def _eval(args: argparse.Namespace) -> int:
     except NotImplementedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Every field of the report (a model's report may add per-t series such as psnr), None left out.
+    out = {k: v for k, v in dataclasses.asdict(report).items() if v is not None}
     if args.json:
-        out: dict[str, Any] = {
-            "model": report.model,
-            "metric": report.metric,
-            "t": report.t,
-            "error": report.error,
-            "params": report.params,
-        }
-        if report.baseline is not None:
-            out["baseline"] = report.baseline
         print(json.dumps(out))
         return 0
+    series = [k for k, v in out.items() if k != "t" and isinstance(v, list) and len(v) == len(report.t)]
     print(f"{report.model}: {report.metric} on the held-out set ({report.params:,} parameters)")
-    print(f"{'t':>6}  {'error':>10}")
-    for t, e in zip(report.t, report.error, strict=True):
-        print(f"{t:>6}  {e:>10.4g}")
+    print(f"{'t':>6}" + "".join(f"  {k:>10}" for k in series))
+    for i, t in enumerate(report.t):
+        print(f"{t:>6}" + "".join(f"  {out[k][i]:>10.4g}" for k in series))
     if report.baseline is not None:
         b = report.baseline
         print(f"baseline {b['name']} ({b['params']:,} parameters): {b['error']:.4g}")
