@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 from eqserve.models.base import ImplicitModel
@@ -44,27 +45,17 @@ def ns_fno() -> ImplicitModel:
     return NsFno.from_weights(WEIGHTS_DIR / "ns-fno.safetensors")
 
 
-def _train_deq_mlp(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
-    from eqserve.models.deq_mlp.train import train
+def _trainer(module: str) -> Callable[..., dict]:
+    """`module`'s `train(out_dir, **options)`, imported when called (training code is heavy)."""
 
-    return train(out_dir, **kwargs)  # type: ignore[arg-type]
+    def train(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
+        return import_module(module).train(out_dir, **kwargs)
 
-
-def _train_lp_gnn(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
-    from eqserve.models.lp_gnn.train import train
-
-    return train(out_dir, **kwargs)  # type: ignore[arg-type]
-
-
-def _train_deblur(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
-    from eqserve.models.deblur.train import train
-
-    return train(out_dir, **kwargs)  # type: ignore[arg-type]
+    return train
 
 
 TRAINERS: dict[str, Callable[..., dict]] = {
-    "deq-mlp": _train_deq_mlp,
-    "lp-gnn": _train_lp_gnn,
-    "deblur": _train_deblur,
+    name: _trainer(f"eqserve.models.{name.replace('-', '_')}.train")
+    for name in ("deq-mlp", "lp-gnn", "deblur", "ns-fno")
 }
 """`eqserve train NAME`: the built-in models that have weights, and the code that trains them."""
