@@ -84,7 +84,7 @@ def test_eval_table_for_reciprocal() -> None:
 
 
 def test_train_writes_loadable_weights(tmp_path: Path) -> None:
-    out = run("train", "deq-mlp", "--epochs", "1", "--out", str(tmp_path), timeout=600)
+    out = run("train", "deq-mlp", "--epochs", "1", "--samples", "256", "--out", str(tmp_path), timeout=600)
     assert out.returncode == 0, out.stderr
     from eqserve.models.deq_mlp.model import DeqMLP
 

@@ -157,6 +157,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     given = {"epochs": args.epochs, "seed": args.seed, "out_dir": args.out, "emb": args.emb}
+    given["n_train"] = args.samples
     extra = {k: v for k, v in given.items() if v is not None}
     if args.explicit:
         extra["explicit"] = True
@@ -240,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
     train.add_argument("--emb", type=int, help="lp-gnn: embedding size d")
+    train.add_argument("--samples", type=int, help="deq-mlp, lp-gnn, ns-fno: training-set size (a quick trial)")
     train.add_argument("--explicit", action="store_true", help="lp-gnn: train the explicit GNN instead")
     train.set_defaults(func=_train)
 
