@@ -132,14 +132,13 @@ def train(
     epochs: int = 1,
     seed: int = 0,
     log: Callable[[str], None] = print,
-    steps: int = 250,
-    explicit_steps: int = 200,
+    steps: int = 800,
     batch: int = 16,
     lr: float = 4e-3,
     threads: int = 1,
 ) -> dict:
-    """Train the DEQ and its unrolled twin (`epochs` × `steps` optimiser steps each, one thread); write
-    both and the held-out set to out_dir; return the evaluation."""
+    """Train the DEQ and its unrolled twin (the same `epochs` × `steps` optimiser steps each, so the
+    comparison is fair; one thread); write both and the held-out set to out_dir; return the evaluation."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -156,7 +155,7 @@ def train(
 
     torch.manual_seed(seed)
     twin = _bounded(Deblur(out_dir))
-    _fit(twin, pool, steps=epochs * explicit_steps, batch=batch, lr=lr, seed=seed, implicit=False,
+    _fit(twin, pool, steps=epochs * steps, batch=batch, lr=lr, seed=seed, implicit=False,
          tag=f"unrolled-{EXPLICIT_DEPTH}", log=log)  # fmt: skip
     _save(_export(twin), out_dir / EXPLICIT_FILE)
 
