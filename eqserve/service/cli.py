@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--out", type=Path, help="where to write the weights (default: the shipped ones)")
     train.add_argument("--emb", type=int, help="lp-gnn: embedding size d")
-    train.add_argument("--samples", type=int, help="deq-mlp, lp-gnn, ns-fno: training-set size (quick trials)")
+    train.add_argument("--samples", type=int, help="deq-mlp, lp-gnn, ns-fno: training-set size")
     train.add_argument("--explicit", action="store_true", help="lp-gnn: train the explicit GNN instead")
     train.set_defaults(func=_train)
 
