@@ -74,20 +74,20 @@ class GatedEncode(Reciprocal):
 
 
 BROKEN_X = 1.1
-"""An input holding this x makes BrokenEncode's encode fail."""
+"""An input holding this x makes BrokenShape's state_shape fail."""
 
 
-class BrokenEncode(Reciprocal):
-    """Reciprocal whose encode fails as a bug would on BROKEN_X: with an exception that is not an
-    InputError, whose text tells of the server's insides."""
+class BrokenShape(Reciprocal):
+    """Reciprocal whose state_shape fails as a bug would on BROKEN_X, with a text that tells of the
+    server's insides (an encode that fails is the input's fault instead: a 422 with its message)."""
 
-    name = "broken-encode"
+    name = "broken-shape"
     SECRET = "/srv/internal/path"
 
-    def encode(self, inp: ReciprocalInput) -> Ctx:  # type: ignore[override]
-        if BROKEN_X in inp.x:
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        if (ctx["x"] == BROKEN_X).any():
             raise ValueError(f"cannot open {self.SECRET}")
-        return super().encode(inp)
+        return super().state_shape(ctx)
 
 
 class SleepyStep(Reciprocal):

@@ -19,6 +19,8 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         ctx = model.encode(inp)
     except InputError as exc:
         raise ApiError(422, "invalid_input", exc.message, exc.field) from None
+    except Exception as exc:  # an input encode cannot take (a ragged list, a wrong size): the request's fault
+        raise ApiError(422, "invalid_input", f"the model cannot encode this input: {exc}", "input") from None
     shape = tuple(model.state_shape(ctx))
     size = math.prod(shape)
     if size > settings.max_state_cap:

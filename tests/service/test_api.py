@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from eqserve.models.reciprocal import Reciprocal
@@ -150,3 +153,21 @@ def test_models_listing_and_health(client: TestClient) -> None:
 def test_unknown_route_uses_the_error_shape(client: TestClient) -> None:
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+class _RaggedEncode(Reciprocal):
+    """An encode that fails the way user code does on a bad input: torch refuses a ragged list."""
+
+    def encode(self, inp: Any) -> dict[str, torch.Tensor]:
+        if len(inp.x) == 3:
+            torch.tensor([[1.0, 2.0], [3.0]])
+        return super().encode(inp)
+
+
+def test_an_encode_that_raises_is_the_requests_fault_and_the_model_keeps_serving() -> None:
+    with make_client({"ragged": _RaggedEncode()}) as client:
+        bad = client.post("/v1/solve", json={"model": "ragged", "input": {"x": [0.5, 0.5, 0.5]}})
+        assert bad.status_code == 422, bad.text
+        err = bad.json()["error"]
+        assert err["field"] == "input" and "cannot encode this input" in err["message"]
+        assert client.post("/v1/solve", json={"model": "ragged", "input": {"x": [0.5]}}).status_code == 200

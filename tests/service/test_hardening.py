@@ -17,7 +17,7 @@ from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
 from tests.conftest import make_client
-from tests.fake_models import BROKEN_X, RAISE_X, BrokenEncode, SleepyStep
+from tests.fake_models import BROKEN_X, RAISE_X, BrokenShape, SleepyStep
 
 SOLVE = {"model": "reciprocal", "input": {"x": [0.5, 0.25]}}
 
@@ -61,11 +61,11 @@ def test_a_model_fault_answers_500_without_its_internals_and_logs_them(
 
 
 def test_an_unhandled_error_answers_a_generic_500_with_a_request_id(caplog: pytest.LogCaptureFixture) -> None:
-    app = create_app(Settings(models=[]), {"broken-encode": BrokenEncode()})
+    app = create_app(Settings(models=[]), {"broken-shape": BrokenShape()})
     with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level(logging.ERROR):
-        r = c.post("/v1/solve", json={"model": "broken-encode", "input": {"x": [BROKEN_X]}})
+        r = c.post("/v1/solve", json={"model": "broken-shape", "input": {"x": [BROKEN_X]}})
     assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
-    assert BrokenEncode.SECRET not in r.text and "ValueError" not in r.text
+    assert BrokenShape.SECRET not in r.text and "ValueError" not in r.text
     request_id = r.json()["error"]["message"].rsplit(" ", 1)[-1]
     assert any(request_id in rec.getMessage() for rec in caplog.records)
 
