@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from eqserve.models.base import InputError, run_iterations
 from eqserve.models.check import check_model
-from eqserve.models.ns_fno.data import AMPLITUDE, relative_error
+from eqserve.models.fitting import relative_error
+from eqserve.models.ns_fno.data import AMPLITUDE
 from eqserve.models.ns_fno.layers import SpectralConv2d
 from eqserve.models.ns_fno.model import NsFno, NsFnoInput
 from eqserve.models.ns_fno.solver import _linear, random_forcing, residual, steady_state, velocity

@@ -44,8 +44,3 @@ def make_dataset(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n (x, y*) pairs in float32, deterministic from `seed`."""
     x = sample_inputs(n, torch.Generator().manual_seed(seed))
     return x.float(), target(x).float()
-
-
-def relative_error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Per-row relative L2 error ‖pred − true‖ / ‖true‖ (the E_t metric, before the mean)."""
-    return (pred - true).norm(dim=-1) / true.norm(dim=-1)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from eqserve.models.base import Ctx, EvalReport, ImplicitModel, InputError, run_iterations
-from eqserve.models.deq_mlp.data import relative_error
 from eqserve.models.deq_mlp.explicit import ExplicitMLP
+from eqserve.models.fitting import relative_error
 from eqserve.models.shipped import WEIGHTS_DIR
 
 HELDOUT_FILE = "deq-mlp-heldout.safetensors"

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eqserve.models.deq_mlp.data import D_IN, D_OUT, make_dataset, relative_error
+from eqserve.models.deq_mlp.data import D_IN, D_OUT, make_dataset
 from eqserve.models.deq_mlp.explicit import ExplicitMLP, matching_width
 from eqserve.models.deq_mlp.model import EXPLICIT_FILE, HELDOUT_FILE, DeqMLP
+from eqserve.models.fitting import fit, squared_relative_error
 
 EVAL_ITERS = [1, 2, 4, 8, 16, 32, 64, 128]
 POWER_STEPS = 4
@@ -91,12 +92,12 @@ class _DeqTrainer(nn.Module):
         a request pays for buys accuracy (the fixed point alone left E_2 above E_1 at h = 1024).
         """
         w, inj = self.weight(), self.inj(x)
-        total = _loss(self.readout(self.fixed_point(w, inj)), y_true)
+        total = squared_relative_error(self.readout(self.fixed_point(w, inj)), y_true)
         y = torch.zeros_like(inj)
         for t in range(1, max(EARLY_STEPS) + 1):
             y = torch.tanh(y @ w.T + inj)
             if t in EARLY_STEPS:
-                total = total + EARLY_WEIGHT * _loss(self.readout(y), y_true)
+                total = total + EARLY_WEIGHT * squared_relative_error(self.readout(y), y_true)
         return total
 
     def export(self) -> dict[str, torch.Tensor]:
@@ -116,46 +117,6 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write a safetensors file readable by everyone (it ships as package data)."""
     save_file(tensors, str(path))
     path.chmod(0o644)
-
-
-def _loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    return (relative_error(pred, true) ** 2).mean()
-
-
-def _fit(
-    net: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    tag: str,
-    log: Callable[[str], None],
-) -> None:
-    """Adam on the relative squared error, one-cycle step size (warm-up, cosine decay); logs progress."""
-    x, y, x_val, y_val = data
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * math.ceil(x.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    for epoch in range(1, epochs + 1):
-        net.train()
-        perm = torch.randperm(x.shape[0], generator=gen)
-        total = 0.0
-        for i in range(0, x.shape[0], batch_size):
-            idx = perm[i : i + batch_size]
-            loss = net.loss(x[idx], y[idx]) if isinstance(net, _DeqTrainer) else _loss(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * idx.numel()
-        if epoch == 1 or epoch % max(1, epochs // 10) == 0 or epoch == epochs:
-            net.eval()
-            with torch.no_grad():
-                val = relative_error(net(x_val), y_val).mean().item()
-            log(f"{tag} epoch {epoch}/{epochs} loss {total / x.shape[0]:.3e} held-out rel err {val:.4f}")
 
 
 def train(
@@ -185,7 +146,8 @@ def train(
     data = (x, y, x_val, y_val)
 
     deq = _DeqTrainer(hidden, gamma, solve_tol=1e-4, solve_iters=150)
-    _fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="deq-mlp", log=log)
+    fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="deq-mlp", log=log,
+        loss=deq.loss)  # fmt: skip
     deq_s = time.perf_counter() - start
     _save(deq.export(), out_dir / "deq-mlp.safetensors")
     _save({"x": x_val.contiguous(), "y": y_val.contiguous()}, out_dir / HELDOUT_FILE)
@@ -193,7 +155,7 @@ def train(
     deq_params = sum(p.numel() for p in deq.export().values())
     width = matching_width(deq_params, D_IN, explicit_depth, D_OUT)
     explicit = ExplicitMLP(D_IN, width, explicit_depth, D_OUT)
-    _fit(explicit, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="explicit-mlp", log=log)
+    fit(explicit, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="explicit-mlp", log=log)
     twin = {k: v.detach().contiguous() for k, v in explicit.state_dict().items()}
     _save(twin, out_dir / EXPLICIT_FILE)
 

@@ -19,8 +19,3 @@ def make_dataset(count: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     f = random_forcing(count, n, seed, AMPLITUDE)
     w = torch.cat([steady_state(f[i : i + CHUNK])[0] for i in range(0, count, CHUNK)])
     return f, w
-
-
-def relative_error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Per-row ‖pred − true‖₂ / ‖true‖₂ over the grid: (B, n, n) → (B,)."""
-    return (pred - true).flatten(1).norm(dim=1) / true.flatten(1).norm(dim=1)

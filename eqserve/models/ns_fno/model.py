@@ -13,7 +13,7 @@ from torch import nn
 
 from eqserve.models.arrays import ArrayError, decode_base64
 from eqserve.models.base import Ctx, EvalReport, FiniteFloat, ImplicitModel, InputError, run_iterations
-from eqserve.models.ns_fno.data import relative_error
+from eqserve.models.fitting import relative_error
 from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Readout, operator_norm
 from eqserve.models.ns_fno.solver import velocity
 from eqserve.models.shipped import WEIGHTS_DIR

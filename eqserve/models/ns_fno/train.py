@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eqserve.models.ns_fno.data import make_dataset, relative_error
+from eqserve.models.fitting import fit
+from eqserve.models.ns_fno.data import make_dataset
 from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Readout, operator_norm
 from eqserve.models.ns_fno.model import (
     EXPLICIT_FILE,
@@ -76,40 +76,6 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.chmod(0o644)
 
 
-def _fit(
-    net: nn.Module,
-    data: tuple[torch.Tensor, ...],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    tag: str,
-    log: Callable[[str], None],
-) -> None:
-    """Adam on the mean squared relative error, one-cycle step size; logs held-out error."""
-    x, y, x_val, y_val = data
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * math.ceil(x.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(x.shape[0], generator=gen)
-        total = 0.0
-        for i in range(0, x.shape[0], batch_size):
-            idx = perm[i : i + batch_size]
-            loss = (relative_error(net(x[idx]), y[idx]) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * idx.numel()
-        if epoch == 1 or epoch % max(1, epochs // 8) == 0 or epoch == epochs:
-            with torch.no_grad():
-                val = relative_error(net(x_val), y_val).mean().item()
-            log(f"{tag} epoch {epoch}/{epochs} loss {total / x.shape[0]:.3e} held-out rel err {val:.4f}")
-
-
 def _matching_width(params: int, modes: int, depth: int) -> int:
     """The explicit FNO width whose parameter count is nearest `params`."""
     return min(range(1, 129), key=lambda c: abs(ExplicitFNO(c, modes, depth).num_params() - params))
@@ -152,13 +118,14 @@ def train(
     data = tuple(t.float() for t in pairs)
 
     deq = _DeqTrainer(channels, modes, gamma, tol=1e-3, max_iters=60, unroll=3)
-    _fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="ns-fno", log=log)
+    fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="ns-fno", log=log, warmup=0.1)
     deq_s = time.perf_counter() - start - data_s
     _save(deq.export(), out_dir / "ns-fno.safetensors")
 
     deq_params = sum(p.numel() for p in deq.export().values())
     explicit = ExplicitFNO(_matching_width(deq_params, modes, explicit_depth), modes, explicit_depth)
-    _fit(explicit, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="explicit-fno", log=log)
+    fit(explicit, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="explicit-fno", log=log,
+        warmup=0.1)  # fmt: skip
     _save({k: v.detach().contiguous() for k, v in explicit.state_dict().items()}, out_dir / EXPLICIT_FILE)
 
     model = NsFno.from_weights(out_dir / "ns-fno.safetensors")
