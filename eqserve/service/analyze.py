@@ -11,7 +11,6 @@ what a known number of solves costs.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from eqserve.service.errors import ApiError
 from eqserve.service.schemas import SolveRequest
 from eqserve.service.state import Served, ServerState
+from eqserve.service.streams import finite_or_none
 
 MAX_T = 4096
 """Largest t an analysis may ask for."""
@@ -111,11 +111,17 @@ async def run(
 
 
 def _capture(seen: dict[int, torch.Tensor], wanted: set[int]) -> Any:
+    """The iterate hook: a copy of y at each wanted t, and the newest iterate (under -1) for a solve that
+    stops early at its fixed point. The engine never writes a tick's state in place, so the newest can
+    be kept as the view it is (a copy per iteration would cost O(n) each); the wanted ones are copied
+    so that they do not hold whole batch tensors alive."""
+
     def hook(t: int, residual: float, rel: float, y: torch.Tensor | None) -> None:
-        if t in wanted and y is not None:
-            seen[t] = y.clone()  # y is a view of the batch state the next tick overwrites
-        elif y is not None:
-            seen[-1] = y.clone()  # the last iterate, for a solve that stopped early at its fixed point
+        if y is None:
+            return
+        seen[-1] = y
+        if t in wanted:
+            seen[t] = y.clone()
 
     return hook
 
@@ -149,13 +155,13 @@ def _measure(
             for p in range(b + 1, b + step):
                 dx = float(np.linalg.norm(rows[p][2] - rows[b][2]))
                 ratios.append(float(np.linalg.norm(outs[p][t] - outs[b][t])) / dx)
-        lipschitz.append(finite(sum(ratios) / len(ratios)) if ratios else None)
+        lipschitz.append(finite_or_none(sum(ratios) / len(ratios)) if ratios else None)
     items = req.inputs or []
     refs = [(b, _floats(items[rows[b][0]].reference)) for b in range(0, len(rows), step)
             if items and items[rows[b][0]].reference is not None]  # fmt: skip
     error = None
     if refs:
-        error = [finite(sum(_relative(outs[b][t], r) for b, r in refs) / len(refs)) for t in wanted]
+        error = [finite_or_none(sum(_relative(outs[b][t], r) for b, r in refs) / len(refs)) for t in wanted]
     return {
         "model": req.model,
         "t": wanted,
@@ -207,8 +213,3 @@ def _with_floats(value: Any, floats: np.ndarray) -> Any:
         return v
 
     return walk(value)
-
-
-def finite(x: float | None) -> float | None:
-    """JSON has no NaN: a non-finite measurement becomes null."""
-    return x if x is not None and math.isfinite(x) else None

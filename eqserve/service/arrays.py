@@ -19,7 +19,6 @@ from eqserve.service.errors import ApiError
 Encoding = Literal["list", "base64"]
 
 
-
 def encode_state(y: torch.Tensor, encoding: Encoding = "list") -> Any:
     """One row's state y (1, *shape) as nested lists, or as {"encoding", "dtype", "shape", "data"}."""
     row = y[0]
@@ -57,7 +56,7 @@ def decode_state(value: Any, shape: tuple[int, ...], like: torch.Tensor, field: 
     return torch.as_tensor(arr, dtype=like.dtype, device=like.device).unsqueeze(0)
 
 
-def _from_base64(value: dict[str, Any], shape: tuple[int, ...], like: torch.Tensor, field: str) -> torch.Tensor:  # noqa: E501
+def _from_base64(value: dict, shape: tuple[int, ...], like: torch.Tensor, field: str) -> torch.Tensor:
     try:
         arr = decode_base64(value, shape)
     except ArrayError as exc:
