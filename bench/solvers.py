@@ -81,8 +81,8 @@ class Contraction(ImplicitModel):
         super().__init__()
         self.register_buffer("M", m)
 
-    def state_size(self, ctx: Ctx) -> int:
-        return self.M.shape[0]
+    def state_shape(self, ctx: Ctx) -> tuple[int, ...]:
+        return (self.M.shape[0],)
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         return ctx["a"] * (y @ self.M.T) + ctx["b"]
