@@ -49,7 +49,8 @@ MUTED = 1 << 62
 """The stride of a muted job: only its last iterate reaches the stream."""
 
 Iterate = tuple[int, float, float, torch.Tensor | None]
-"""What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, n) view or None)."""
+"""What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, *state_shape) view
+or None)."""
 
 Encoder = Callable[[Iterate], str]
 
