@@ -516,7 +516,10 @@ class Engine:
             t["iters"], t["first_res"] = out.iters, out.first_res
             return out.y, out.abs_res, out.rel_res, out.code
         y = t["y"]
-        gy = self.model.step(y.view(y.shape[0], *self._shape), self._bctx).reshape(y.shape)
+        if len(self._shape) == 1:  # the flat batch is already (B, n): no view and reshape a tick
+            gy = self.model.step(y, self._bctx)
+        else:
+            gy = self.model.step(y.view(y.shape[0], *self._shape), self._bctx).reshape(y.shape)
         if self._mask is not None:
             gy = torch.where(self._mask, gy, 0.0)
         abs_res, rel_res = residuals(y, gy)

@@ -56,16 +56,14 @@ class ServerState:
     def load_all(self) -> None:
         """Load every configured model (its code and weights) without starting workers, so that a model
         that cannot load stops `eqserve serve` with its reason before the server listens."""
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
         if self.loaded is None:
             self.loaded = [(source, source.load(self.settings.device)) for source in self.sources()]
 
     def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
         """Start a worker for every loaded model (loading them first if need be), or for the given ones."""
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         if models:
-            if self.settings.torch_threads:
-                torch.set_num_threads(self.settings.torch_threads)
             for name, model in models.items():
                 self.served[name] = self._serve(model)
             return
