@@ -89,6 +89,10 @@ class ImplicitModel(nn.Module):
     """Request defaults: `max_iters`, `tol`, `stop_mode`, `solver` ({"method", "damping", "m"})."""
     state_dtype: torch.dtype | None = None
     """The state's dtype where the model has no parameters to take it from (None: torch's default)."""
+    batch_invariant: ClassVar[bool] = False
+    """Whether `step` gives each row the same bits whatever shares its batch while
+    `eqserve.kernels.invariant.enabled()` (batch-invariant mode); without it that mode steps rows one
+    at a time."""
 
     def encode(self, inp: BaseModel) -> Ctx:
         """Everything that depends on the input alone, computed once per request (one row)."""

@@ -41,6 +41,7 @@ class Reciprocal(ImplicitModel):
     description = "G(y, x) = y − η(x·y − 1) elementwise; converges to 1/x for 0 < η·x < 2"
     example_input = {"x": [0.25, 0.5, 1.0, 1.5], "eta": 1.0}  # noqa: RUF012
     defaults = {"max_iters": 200, "tol": 1e-8}  # noqa: RUF012
+    batch_invariant = True  # elementwise and exactly rounded: no op of the step reduces across entries
 
     def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 from torch import nn
 
+from eqserve.kernels import invariant
 from eqserve.models.base import Ctx, EvalReport, ImplicitModel, InputError, run_iterations
 from eqserve.models.deq_mlp.explicit import ExplicitMLP
 from eqserve.models.fitting import relative_error
@@ -40,6 +41,7 @@ class DeqMLP(ImplicitModel):
     Input = DeqMLPInput
     Output = DeqMLPOutput
     defaults = {"max_iters": 300, "tol": 1e-4, "stop_mode": "abs"}  # noqa: RUF012
+    batch_invariant = True
 
     def __init__(self, d_in: int, hidden: int, d_out: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
@@ -102,7 +104,7 @@ class DeqMLP(ImplicitModel):
         return self.W.detach(), ctx["inj"]
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
-        return torch.tanh(y @ self.W.T + ctx["inj"])
+        return torch.tanh(invariant.linear(y, self.W) + ctx["inj"])
 
     def decode(self, y: torch.Tensor, ctx: Ctx) -> dict[str, Any]:
         with torch.no_grad():
