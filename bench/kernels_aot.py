@@ -31,7 +31,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from eqserve.kernels import anderson, dense_step, persistent
+from eqserve.kernels import anderson, dense_step, epilogue, persistent
 from eqserve.kernels.configs import Shipped
 
 TARGET = GPUTarget("cuda", 90, 128)
@@ -51,7 +51,7 @@ def ptxas() -> str:
 
 def shipped() -> list[Shipped]:
     """Every configuration the launchers may pick."""
-    return dense_step.shipped() + persistent.shipped() + anderson.shipped()
+    return dense_step.shipped() + persistent.shipped() + anderson.shipped() + epilogue.shipped()
 
 
 def _usage(ptx: str) -> tuple[int, int, int]:

@@ -154,3 +154,34 @@ def anderson_mix(
     from eqserve.kernels import anderson
 
     return anderson.mix(y, gy, hist, alpha, beta)
+
+
+def solver_epilogue(
+    y: torch.Tensor,
+    gy: torch.Tensor,
+    mask: torch.Tensor | None,
+    beta: torch.Tensor,
+    tol: torch.Tensor,
+    rel_mode: torch.Tensor,
+    iters: torch.Tensor,
+    max_iters: torch.Tensor,
+    first_res: torch.Tensor,
+    code: torch.Tensor,
+    abs_res: torch.Tensor,
+    rel_res: torch.Tensor,
+    active: torch.Tensor,
+    backend: Backend,
+) -> StepOut:
+    """`reference.solver_epilogue` after any model's G-step: the damped update, residuals, counters and
+    stop codes of the active rows, the others frozen. Returns (y, abs_res, rel_res, code, iters,
+    first_res), all new tensors; a multi-step runner that keeps its buffers calls
+    `kernels.epilogue.launch`, which updates them in place."""
+    if backend == "torch":
+        return reference.solver_epilogue(
+            y, gy, mask, beta, tol, rel_mode, iters, max_iters, first_res, code, abs_res, rel_res, active
+        )
+    from eqserve.kernels import epilogue
+
+    return epilogue.step(
+        y, gy, mask, beta, tol, rel_mode, iters, max_iters, first_res, code, abs_res, rel_res, active
+    )

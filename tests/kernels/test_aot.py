@@ -30,6 +30,6 @@ def test_shipped_configurations_fit() -> None:
     )
     report = json.loads(run.stdout.strip().splitlines()[-1])["kernels"]
     families = {k["name"].split("[")[0] for k in report}
-    assert families == {"dense_step", "persistent", "record", "mix"}
+    assert families == {"dense_step", "persistent", "record", "mix", "epilogue"}
     assert [k["name"] for k in report if not k["fits"]] == []
     assert run.returncode == 0, run.stderr
