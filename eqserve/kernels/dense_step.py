@@ -131,11 +131,15 @@ def dense_step_kernel(
     SPLIT_K: tl.constexpr,
     BF16_DOT: tl.constexpr,
     PDL: tl.constexpr,
+    INVARIANT: tl.constexpr = False,
 ):
     """One fused step for the rows listed in rows[pid_b·BLOCK_B:…], columns pid_n·BLOCK_N:…, over the
     pid_k-th of SPLIT_K slices of the inner dimension (their sums meet in `split_ptr`). With PDL
     (a programmatic dependent launch on CUDA) the next launch is let in at once and this one waits
-    for the previous to finish before it reads anything: back-to-back steps overlap their launch."""
+    for the previous to finish before it reads anything: back-to-back steps overlap their launch.
+    With INVARIANT the product is elementwise and summed over each K block per row, where tl.dot's
+    rounding may depend on the row's place in the block (the interpreter's BLAS does); launched with
+    INVARIANT_CONFIG whatever the batch, a row's bits are then its own."""
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
@@ -167,7 +171,10 @@ def dense_step_kernel(
                 mask=kmask[:, None] & cmask[None, :],
                 other=0.0,
             )
-            acc = dot(yk, wk, acc, BF16_DOT, False)
+            if INVARIANT:
+                acc += tl.sum(yk.to(tl.float32)[:, :, None] * wk.to(tl.float32)[None, :, :], axis=1)
+            else:
+                acc = dot(yk, wk, acc, BF16_DOT, False)
         epilogue = True
         if SPLIT_K > 1:
             # Each slice stores its partial sums; the last slice of the tile to arrive adds them in
@@ -278,6 +285,10 @@ STEP_CONFIGS = {
 }
 """Every configuration a launcher may pick: the fixed launcher by rule, the autotuned one by timing.
 Each fits sm_90 without spills (bench/kernels_aot.py)."""
+
+INVARIANT_CONFIG = StepConfig(16, 16, 32)
+"""The one configuration of batch-invariant launches: no split of the inner dimension, and blocks
+small enough for the elementwise product's (rows, K, columns) block."""
 
 MIN_BLOCK_B = min(c.block_b for configs in STEP_CONFIGS.values() for c in configs)
 """The smallest row block: scratch is sized for it."""
@@ -440,10 +451,17 @@ def _dependent_launch(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConfig | None = None) -> None:
-    """Launch one fused step with a fixed configuration (`step_config`'s rule unless given)."""
+def launch(
+    w: torch.Tensor,
+    buf: StepBuffers,
+    scratch: Scratch,
+    config: StepConfig | None = None,
+    invariant: bool = False,
+) -> None:
+    """Launch one fused step with a fixed configuration (`step_config`'s rule unless given); batch
+    invariant (each row's bits whatever shares the launch) with INVARIANT_CONFIG unless given."""
     n, slots = w.shape[0], buf.rows.numel()
-    cfg = config or step_config(n, slots, _bf16_dot(w, buf))
+    cfg = config or (INVARIANT_CONFIG if invariant else step_config(n, slots, _bf16_dot(w, buf)))
     if cfg.block_b < MIN_BLOCK_B or (cfg.split_k > 1 and cfg.block_n < MIN_BLOCK_N):
         raise ValueError(
             f"blocks {cfg.name} are below MIN_BLOCK_B {MIN_BLOCK_B} / MIN_BLOCK_N {MIN_BLOCK_N},"
@@ -463,6 +481,7 @@ def launch(w: torch.Tensor, buf: StepBuffers, scratch: Scratch, config: StepConf
         SPLIT_K=cfg.split_k,
         BF16_DOT=_bf16_dot(w, buf),
         PDL=pdl,
+        INVARIANT=invariant,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **({"launch_pdl": True} if pdl else {}),
@@ -534,8 +553,10 @@ def step(
     first_res: torch.Tensor,
     *,
     tuned: bool = False,
+    invariant: bool = False,
 ) -> StepOut:
-    """reference.dense_picard_step for every row of the batch, in one fused launch."""
+    """reference.dense_picard_step for every row of the batch, in one fused launch; batch-invariant
+    (the autotuner's choice set aside) with `invariant`."""
     b = y.shape[0]
     dev = y.device
     buf = StepBuffers(
@@ -557,6 +578,9 @@ def step(
     )
     w = w.contiguous()
     n = w.shape[0]
+    if invariant:
+        launch(w, buf, _stream_scratch(dev, b, n, INVARIANT_CONFIG.split_k), invariant=True)
+        return StepOut(buf.y_out, buf.abs_res, buf.rel_res, buf.code, buf.iters_out, buf.first_out)
     split_k = MAX_SPLIT_K if tuned else step_config(n, b, _bf16_dot(w, buf)).split_k
     scratch = _stream_scratch(dev, b, n, split_k)
     if tuned:
@@ -567,7 +591,8 @@ def step(
 
 
 def shipped() -> list[Shipped]:
-    """Every configuration of the fused step, for fp32 and for bf16 state and weights."""
+    """Every configuration of the fused step, for fp32 and for bf16 state and weights; and the
+    batch-invariant one."""
     out = []
     for dtype in (torch.float32, torch.bfloat16):
         sig = {
@@ -596,7 +621,7 @@ def shipped() -> list[Shipped]:
             "n": "i32",
         }
         bf16 = dtype == torch.bfloat16
-        for c in STEP_CONFIGS[bf16]:
+        for c, inv in [(c, False) for c in STEP_CONFIGS[bf16]] + [(INVARIANT_CONFIG, True)]:
             constexprs = {
                 "BLOCK_B": c.block_b,
                 "BLOCK_N": c.block_n,
@@ -604,10 +629,11 @@ def shipped() -> list[Shipped]:
                 "SPLIT_K": c.split_k,
                 "BF16_DOT": bf16,
                 "PDL": c.split_k > 1,
+                "INVARIANT": inv,
             }
             out.append(
                 Shipped(
-                    f"dense_step[{ptr(dtype)[1:]},{c.name}]",
+                    f"dense_step[{ptr(dtype)[1:]},{c.name}{',invariant' if inv else ''}]",
                     dense_step_kernel,
                     {**sig, **dict.fromkeys(constexprs, "constexpr")},
                     constexprs,
