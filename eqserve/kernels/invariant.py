@@ -96,11 +96,14 @@ def residuals(
     padding anywhere in the row changes a bit: squares summed in CHUNK-long pieces of the last axis
     (zero-padded to whole pieces), the piece sums added one after another (cumsum's sequential
     fold, accumulated in double), and an exact 0 added to a sum changes nothing."""
-    acc = torch.promote_types(y.dtype, torch.float32)
     b = y.shape[0]
-    d, g = (gy - y).to(acc), gy.to(acc)
-    sq = torch.cat([d * d, g * g]).view(2 * b, -1, (shape or y.shape[1:])[-1])
-    pieces = F.pad(sq, (0, -sq.shape[2] % CHUNK)).view(2 * b, -1, CHUNK).sum(2)
+    sq = torch.empty(2, *y.shape, dtype=torch.promote_types(y.dtype, torch.float32), device=y.device)
+    torch.sub(gy, y, out=sq[0])
+    sq[1].copy_(gy)
+    sq = sq.mul_(sq).view(2 * b, -1, (shape or y.shape[1:])[-1])
+    if sq.shape[2] % CHUNK:
+        sq = F.pad(sq, (0, -sq.shape[2] % CHUNK))
+    pieces = sq.view(2 * b, -1, CHUNK).sum(2)
     norms = pieces.cumsum(1)[:, -1].sqrt()
     abs_res = norms[:b]
     return abs_res, abs_res / (norms[b:] + RESIDUAL_EPS)
