@@ -8,7 +8,7 @@ points and their G values (Anderson of any depth and relaxation, type I or II) c
 property. For a nonlinear G it is that bound for the local linearisation, an estimate.
 
 Computed along Anderson(WINDOW)'s own iterates with fp64 least squares over the last WINDOW residuals
-(kernels.reference's record, solve and mix). Needs only torch and the kernels package.
+(eqserve.solvers.anderson's record, solve and mix). Needs only torch, the kernels and the solvers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from eqserve.kernels import reference
+from eqserve.solvers import anderson
 
 WINDOW = 20
 """Residuals combined: more than deq-mlp's solves take; more barely moves the contraction's floor."""
@@ -37,15 +37,15 @@ def span_floor(
     y = y0
     for k in range(1, limit + 1):
         y64, gy = y.double(), g(y).double()
-        slot = torch.full((b,), (k - 1) % WINDOW, device=y0.device)
-        reference.anderson_record(y64, gy, hist, gram, slot)
-        alpha, ok = reference.anderson_solve(gram, 1e-14, math.inf)
-        # ‖Σα_i r_i‖ from the residuals themselves: through the Gram, αᵀGα cancels where α is large.
-        least = torch.linalg.vector_norm((alpha.unsqueeze(1) @ hist[:, :, n:]).view(b, n), dim=1)
+        point = torch.full((b,), (k - 1) % WINDOW, device=y0.device)
+        prev = torch.full((b,), (k - 2) % WINDOW if k > 1 else 0, device=y0.device)
+        anderson.record(y64, gy, hist, gram, prev, point)
+        gamma, ok = anderson.solve(gram, point, torch.full_like(point, WINDOW), 1e-14, math.inf)
+        # ‖r_k − ΔR γ‖ from the residuals themselves: through the Gram, γᵀGγ cancels where γ is large.
+        least = torch.linalg.vector_norm((gy - y64) - (gamma.unsqueeze(1) @ hist[:, :, n:]).view(b, n), dim=1)
         hit = torch.where((hit == 0) & ok & (least <= tol), k, hit)
         if (hit > 0).all():
             return hit
-        newest = torch.arange(WINDOW, device=y0.device) == slot.unsqueeze(1)
-        y = reference.anderson_mix(y64, gy, hist, torch.where(ok.unsqueeze(1), alpha, newest), beta)
-        y = y.to(y0.dtype)
+        gamma = torch.where(ok.unsqueeze(1), gamma, 0.0)
+        y = anderson.mix(y64, gy, hist, gamma, gamma * beta, beta).to(y0.dtype)
     return None

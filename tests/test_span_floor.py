@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from eqserve.service.solvers import SolverState
+from eqserve.solvers import SolverState
 
 _spec = importlib.util.spec_from_file_location(
     "span_floor", Path(__file__).resolve().parents[1] / "bench" / "span_floor.py"

@@ -122,40 +122,6 @@ def dense_solver(w: torch.Tensor, backend: Backend, *, steps_per_replay: int = 8
     return solve
 
 
-def anderson_record(
-    y: torch.Tensor,
-    gy: torch.Tensor,
-    hist: torch.Tensor,
-    gram: torch.Tensor,
-    slot: torch.Tensor,
-    backend: Backend,
-) -> None:
-    """`reference.anderson_record`: each row's newest iterate and residual into its history slot, and
-    that slot's row and column of the Gram matrix, in place."""
-    if backend == "torch":
-        reference.anderson_record(y, gy, hist, gram, slot)
-        return
-    from eqserve.kernels import anderson
-
-    anderson.record(y, gy, hist, gram, slot)
-
-
-def anderson_mix(
-    y: torch.Tensor,
-    gy: torch.Tensor,
-    hist: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor,
-    backend: Backend,
-) -> torch.Tensor:
-    """`reference.anderson_mix`: the new iterate from the history and the weights α."""
-    if backend == "torch":
-        return reference.anderson_mix(y, gy, hist, alpha, beta)
-    from eqserve.kernels import anderson
-
-    return anderson.mix(y, gy, hist, alpha, beta)
-
-
 def solver_epilogue(
     y: torch.Tensor,
     gy: torch.Tensor,

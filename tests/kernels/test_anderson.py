@@ -1,11 +1,13 @@
-"""Anderson's fused record and mixing against the references, and SolverState.update on both backends."""
+"""Anderson's fused record and mixing against the solvers' torch math, and SolverState.update on both
+backends."""
 
 from __future__ import annotations
 
 import torch
 
 from eqserve.kernels import anderson, reference
-from eqserve.service.solvers import SolverState
+from eqserve.solvers import SolverState
+from eqserve.solvers import anderson as ref
 from tests.kernels.problems import TOL, dense
 
 B, M, N = 5, 5, 40
@@ -22,31 +24,35 @@ def _history(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tenso
 
 
 def test_record_matches_reference(case: tuple[str, torch.dtype]) -> None:
+    """Rows that turn their previous point into a difference, one whose previous point is its point
+    (a first step), and a NaN row that keeps to itself."""
     device, dtype = case
     hist, y, gy = _history(device, dtype)
     hist[2, 3:] = 0.0  # row 2 has written only slots 0-2
-    slot = torch.tensor([0, 4, 2, 2, 1], device=device)
-    gram = reference.anderson_gram(hist)
+    prev = torch.tensor([0, 4, 2, 2, 1], device=device)
+    point = torch.tensor([1, 0, 2, 0, 2], device=device)
+    gram = ref.gram(hist)
     want = [t.clone() for t in (hist, gram)]
-    reference.anderson_record(y, gy, *want, slot)
-    anderson.record(y, gy, hist, gram, slot, block_n=16)
+    ref.record(y, gy, *want, prev, point)
+    anderson.record(y, gy, hist, gram, prev, point, block_n=16)
     assert torch.equal(hist.isnan(), want[0].isnan())
     torch.testing.assert_close(hist, want[0], equal_nan=True, rtol=0, atol=0)
     tol = TOL[dtype]
     torch.testing.assert_close(gram, want[1], equal_nan=True, **tol)
-    torch.testing.assert_close(gram, reference.anderson_gram(hist), equal_nan=True, **tol)
+    torch.testing.assert_close(gram, ref.gram(hist), equal_nan=True, **tol)
     assert gram[3].isnan().any() and not gram[[0, 1, 2, 4]].isnan().any()  # the NaN row keeps to itself
 
 
 def test_mix_matches_reference(case: tuple[str, torch.dtype]) -> None:
     device, dtype = case
     hist, y, gy = _history(device, dtype)
-    alpha = torch.softmax(torch.randn(B, M, generator=torch.Generator().manual_seed(4)), 1).to(device)
-    alpha[1] = torch.nn.functional.one_hot(torch.tensor(2), M)  # a Picard row: weight 1 on a slot
-    hist[1, 2] = torch.cat([y[1], gy[1] - y[1]])  # ... that holds this step's iterate
+    g = torch.Generator().manual_seed(4)
+    wx, wf = torch.randn(2, B, M, generator=g).to(device)
+    wx[1], wf[1] = 0.0, 0.0  # a Picard row
+    wf[2] = 0.0  # a Broyden row: weights on the first halves only
     beta = torch.linspace(0.3, 1.0, B, device=device).unsqueeze(1).to(dtype)
-    got = anderson.mix(y, gy, hist, alpha, beta, block_n=16)
-    want = reference.anderson_mix(y, gy, hist, alpha, beta)
+    got = anderson.mix(y, gy, hist, wx, wf, beta, block_n=16)
+    want = ref.mix(y, gy, hist, wx, wf, beta)
     torch.testing.assert_close(got, want, equal_nan=True, **TOL[dtype])
     torch.testing.assert_close(got[1], reference.picard(y, gy, beta)[1], **TOL[dtype])
     assert got[3].isnan().any() and not got[[0, 1, 2, 4]].isnan().any()

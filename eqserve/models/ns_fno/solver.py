@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from eqserve.kernels.reference import anderson_mix, anderson_record, anderson_solve
+from eqserve.solvers import anderson
 
 NU = 0.02
 """Viscosity ν."""
@@ -86,8 +86,8 @@ def steady_state(
 
     One step is semi-implicit Euler (diffusion and drag implicit, advection explicit), whose fixed
     point satisfies the discrete steady equations exactly; the slow decay of the flow (≈ α) would
-    take thousands of steps, so the steps are Anderson-mixed (the engine's reference kernels, window
-    m). Stops when every row moves by ≤ tol·‖f‖ in a step; returns (ω, steps) or raises.
+    take thousands of steps, so the steps are Anderson-mixed (the engine's solver math, window m).
+    Stops when every row moves by ≤ tol·‖f‖ in a step; returns (ω, steps) or raises.
     """
     f = f.to(torch.float64)
     n = f.shape[-1]
@@ -113,9 +113,11 @@ def steady_state(
             break
         if (moved <= tol * scale).all():
             return gy.view(f.shape), step
-        anderson_record(y, gy, hist, gram, torch.full((b,), (step - 1) % m, dtype=torch.long))
-        alpha, ok = anderson_solve(gram, 1e-10, 1e4)
-        y = torch.where(ok.unsqueeze(1), anderson_mix(y, gy, hist, alpha, beta), gy)
+        point = torch.full((b,), (step - 1) % m, dtype=torch.long)
+        prev = torch.full((b,), (step - 2) % m if step > 1 else 0, dtype=torch.long)
+        anderson.record(y, gy, hist, gram, prev, point)
+        gamma, ok = anderson.solve(gram, point, torch.full_like(point, m), 1e-10, 1e8)
+        y = torch.where(ok.unsqueeze(1), anderson.mix(y, gy, hist, gamma, gamma * beta, beta), gy)
     raise RuntimeError(f"no steady state within {max_steps} steps (dt = {dt})")
 
 

@@ -1,0 +1,67 @@
+"""Limited-memory ("good") Broyden per row, over the same history slots as Anderson.
+
+It approximates the inverse Jacobian of g(x) = G(x) − x as H = −I + Σ_j u_j v_jᵀ, starting from
+−I (the first step is Picard's), and steps x ← x − βHg. A row with m slots keeps its newest point
+(x_k, g_k) in slot `point` and its last m − 1 rank-one updates (u_j | v_j) in the others: each step
+the slot of the previous point takes the update that makes H Δg = Δx, v = Hᵀ Δx,
+u = (Δx − H Δg) / (vᵀ Δg), and the new point overwrites the oldest update (torchdeq's
+`broyden_solver` without line search, per row and with a ring instead of its whole history).
+The kept Gram matrix's point column is then vᵀg for every update slot: the step's weights.
+
+Safeguards, per row: an update whose denominator vanishes or that is not finite is dropped (its
+slot zeroed); a step that is not finite or more than MAX_WEIGHT times the Picard step's length
+falls back to the Picard step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from eqserve.solvers.anderson import MAX_WEIGHT
+
+DENOMINATOR_EPS = 1e-12
+"""An update with |vᵀΔg| ≤ this × ‖v‖‖Δg‖ is dropped: its direction is nearly orthogonal to Δg."""
+
+
+def _combine(hist: torch.Tensor, wx: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+    """Σ_j (wx_j u_j + wf_j v_j) per row (B, n), weights (B, M)."""
+    b, slots, two_n = hist.shape
+    w = torch.stack([wx, wf], 2).to(hist.dtype).view(b, 1, 2 * slots)
+    return torch.bmm(w, hist.view(b, 2 * slots, two_n // 2)).view(b, -1)
+
+
+def pair(y: torch.Tensor, gy: torch.Tensor, hist: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """The new update (u | v) (B, 2n) of every row from the previous point in slot `prev` and the
+    updates in the other slots; zero where the update is dropped."""
+    b, slots, two_n = hist.shape
+    n = two_n // 2
+    rows = torch.arange(0, b * slots, slots, device=y.device)
+    last = hist.view(b * slots, two_n).index_select(0, rows + prev)
+    dx, dg = y - last[:, :n], (gy - y) - last[:, n:]
+    updates = (torch.arange(slots, device=y.device) != prev.unsqueeze(1)).to(y.dtype)  # not the point
+    vdg = torch.bmm(hist[:, :, n:], dg.unsqueeze(2)).squeeze(2) * updates  # vⱼᵀ Δg
+    udx = torch.bmm(hist[:, :, :n], dx.unsqueeze(2)).squeeze(2) * updates  # uⱼᵀ Δx
+    h_dg = _combine(hist, vdg, torch.zeros_like(vdg)) - dg  # H Δg
+    v = _combine(hist, torch.zeros_like(udx), udx) - dx  # Hᵀ Δx
+    den = (v * dg).sum(1, keepdim=True)
+    u = (dx - h_dg) / den
+    ok = den.abs() > DENOMINATOR_EPS * v.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+    new = torch.cat([u, v], 1)
+    ok &= new.isfinite().all(1, keepdim=True)
+    return torch.where(ok, new, torch.zeros_like(new))
+
+
+def weights(gram: torch.Tensor, point: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The mixing weights on the u-halves: β vⱼᵀg from the Gram's point column, 0 on the point."""
+    slots = gram.shape[1]
+    vg = gram.gather(2, point.view(-1, 1, 1).expand(-1, slots, 1)).squeeze(2)
+    vg = vg.masked_fill(torch.arange(slots, device=gram.device) == point.unsqueeze(1), 0.0)
+    return vg * beta.to(vg.dtype)
+
+
+def sound(y: torch.Tensor, gy: torch.Tensor, y_next: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """(B, 1) True where Broyden's step is finite and at most MAX_WEIGHT times the Picard step."""
+    acc = torch.promote_types(y.dtype, torch.float32)
+    step = torch.linalg.vector_norm((y_next - y).to(acc), dim=1, keepdim=True)
+    picard_step = torch.linalg.vector_norm((gy - y).to(acc), dim=1, keepdim=True) * beta.to(acc)
+    return step <= MAX_WEIGHT * picard_step  # NaN fails
