@@ -49,6 +49,8 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         )
     defaults = meta.default_solver
     method = solver.method or defaults.get("method", "picard")
+    if method == "broyden" and "method" not in SolveJob.__dataclass_fields__:
+        raise ApiError(422, "invalid_input", "this server's engine does not run broyden yet", "solver.method")
     return SolveJob(
         id=new_id(),
         ctx=ctx,
@@ -58,7 +60,7 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         rel_mode=(budget.stop_mode or meta.default_stop_mode) == "rel",
         timeout_s=timeout,
         damping=solver.damping or defaults.get("damping", 1.0),
-        m=(solver.m or defaults.get("m", 5)) if method == "anderson" else 0,
+        m=(solver.m or defaults.get("m", 5)) if method != "picard" else 0,
         trace=req.return_.trace,
         every=req.return_.every,
         return_state=req.return_.state,

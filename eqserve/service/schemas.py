@@ -23,10 +23,10 @@ class Budget(BaseModel):
 
 
 class SolverOptions(BaseModel):
-    """The update rule: damped Picard, or Anderson with history m."""
+    """The update rule: damped Picard, or Anderson or Broyden with memory m."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["picard", "anderson"] | None = None
+    method: Literal["picard", "anderson", "broyden"] | None = None
     damping: FiniteFloat | None = Field(default=None, gt=0, le=1)
     m: int | None = Field(default=None, ge=1, le=ANDERSON_M_CAP)
 
