@@ -31,13 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from safetensors.torch import load_file
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
+from eqserve.engine.observer import NullObserver
 from eqserve.kernels.reference import Stop, decide, residuals
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.deq_mlp.model import HELDOUT_FILE
 from eqserve.models.registry import load_model
 from eqserve.models.shipped import WEIGHTS_DIR
-from eqserve.service.engine import Engine, NullObserver, SolveJob
-from eqserve.service.solvers import SolverState
+from eqserve.solvers import SolverState
 
 ROWS = 64
 GOAL = 1.3

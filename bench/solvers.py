@@ -48,7 +48,9 @@ from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.deq_mlp.model import HELDOUT_FILE
 from eqserve.models.registry import load_model
 from eqserve.models.shipped import WEIGHTS_DIR
-from eqserve.service.engine import Engine, NullObserver, SolveJob
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
+from eqserve.engine.observer import NullObserver
 
 ROWS = 64
 DIM = 256

@@ -23,6 +23,6 @@ def test_the_public_api_is_exposed_lazily() -> None:
 
 
 def test_request_ids_differ_across_processes() -> None:
-    code = "from eqserve.service.engine import new_id; print(new_id())"
+    code = "from eqserve.engine.job import new_id; print(new_id())"
     first, second = _run(code).strip(), _run(code).strip()
     assert first != second and first.startswith("req-") and first.endswith("-00000001")

@@ -81,6 +81,20 @@ def decide(
     return torch.where(sound, code, Stop.DIVERGED)
 
 
+def decide_row(
+    abs_res: float, rel_res: float, y_sum: float, first_res: float, iters: int, max_iters: int, tol: float,
+    rel_mode: bool,
+) -> Stop:
+    """`decide` for one row, on the host: where the device is the host (a CPU), reading a step's
+    residuals back costs less than the tensor ops of `decide`, so the host takes the same decision.
+    `y_sum` is the sum of the row's new state (its soundness, as in `decide`)."""
+    if not y_sum * 0.0 + abs_res <= DIVERGENCE_GROWTH * max(first_res, 1.0):
+        return Stop.DIVERGED
+    if (rel_res if rel_mode else abs_res) <= tol:
+        return Stop.CONVERGED
+    return Stop.MAX_ITERS if iters >= max_iters else Stop.RUNNING
+
+
 class StepOut(NamedTuple):
     """One dense Picard step of a batch, per row: the new state and what the engine's tick derives."""
 

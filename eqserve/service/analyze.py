@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from eqserve.engine.job import NEVER
 from eqserve.service.errors import ApiError
 from eqserve.service.schemas import SolveRequest
 from eqserve.service.state import Served, ServerState
@@ -92,7 +93,7 @@ async def run(
                 "solver": {"method": "picard", "damping": 1.0}}  # fmt: skip
         job = await run_in_threadpool(state.build, served, SolveRequest.model_validate(body))
         seen: dict[int, torch.Tensor] = {}
-        job.on_iterate = _capture(seen, set(wanted))
+        job.watch = _Capture(seen, wanted)
         captured.append(seen)
         jobs.append(job)
     futures = [state.submit(served, job) for job in jobs]
@@ -110,20 +111,26 @@ async def run(
     yield {"type": "result", **result}
 
 
-def _capture(seen: dict[int, torch.Tensor], wanted: set[int]) -> Any:
-    """The iterate hook: a copy of y at each wanted t, and the newest iterate (under -1) for a solve that
-    stops early at its fixed point. The engine never writes a tick's state in place, so the newest can
-    be kept as the view it is (a copy per iteration would cost O(n) each); the wanted ones are copied
-    so that they do not hold whole batch tensors alive."""
+class _Capture:
+    """The watch of one analysed row: a copy of y at each wanted t, and the newest iterate (under -1) for
+    a solve that stops early at its fixed point (the engine never writes a handed-over state, so it is
+    kept as the view it is). The wanted ones are copied so that they do not hold whole batch tensors."""
 
-    def hook(t: int, residual: float, rel: float, y: torch.Tensor | None) -> None:
-        if y is None:
-            return
-        seen[-1] = y
-        if t in wanted:
-            seen[t] = y.clone()
+    wants_y = True
 
-    return hook
+    def __init__(self, seen: dict[int, torch.Tensor], wanted: list[int]) -> None:
+        self.seen, self.wanted = seen, wanted
+
+    def next_due(self, t: int) -> int:
+        """The next wanted t."""
+        return next((w for w in self.wanted if w > t), NEVER)
+
+    def push(self, t: int, residual: float, rel: float, y: torch.Tensor | None) -> None:
+        """Keep the iterate."""
+        assert y is not None
+        self.seen[-1] = y
+        if t in self.wanted:
+            self.seen[t] = y.clone()
 
 
 def _measure(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+from eqserve.engine.job import SolveJob, new_id
 from eqserve.models.base import ImplicitModel, InputError, ModelMeta
 from eqserve.service.arrays import decode_state
 from eqserve.service.config import Settings
-from eqserve.service.engine import SolveJob, new_id
 from eqserve.service.errors import ApiError, validate
 from eqserve.service.schemas import SolveRequest
 
@@ -49,8 +49,6 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         )
     defaults = meta.default_solver
     method = solver.method or defaults.get("method", "picard")
-    if method == "broyden" and "method" not in SolveJob.__dataclass_fields__:
-        raise ApiError(422, "invalid_input", "this server's engine does not run broyden yet", "solver.method")
     return SolveJob(
         id=new_id(),
         ctx=ctx,
@@ -60,6 +58,7 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
         rel_mode=(budget.stop_mode or meta.default_stop_mode) == "rel",
         timeout_s=timeout,
         damping=solver.damping or defaults.get("damping", 1.0),
+        method=method,
         m=(solver.m or defaults.get("m", 5)) if method != "picard" else 0,
         trace=req.return_.trace,
         every=req.return_.every,

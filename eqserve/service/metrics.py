@@ -15,8 +15,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob, SolveResult
 from eqserve.kernels.reference import Stop
-from eqserve.service.engine import Engine, SolveJob, SolveResult
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
@@ -24,10 +25,10 @@ LATENCY_BUCKETS = (
     1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
-"""Seconds, from 100 µs (one tick of a small model) to minutes (a long deadline)."""
+"""Seconds, from 100 µs (one step of a small model) to minutes (a long deadline)."""
 
 TICK_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-"""Seconds per engine tick: one G-step and solver update over the batch."""
+"""Seconds per batch step: one G-step, solver update and stop decision over the batch."""
 
 RESIDUAL_BUCKETS = tuple(10.0**e for e in range(-12, 3))
 """Final residuals from 1e-12 to 100, a decade a bucket."""
@@ -86,7 +87,7 @@ class Metrics:
         )
         self.tick = Histogram(
             "eqserve_tick_seconds",
-            "One engine tick over the whole batch",
+            "One batch step (G-step, solver update, stop rule), averaged over a run",
             ["model"],
             buckets=TICK_BUCKETS,
             registry=r,
@@ -149,10 +150,13 @@ class _EngineObserver:
         """A request's first iterate is computed."""
         self.first.observe(since_submit_s)
 
-    def tick(self, seconds: float, rows: int) -> None:
-        """One tick over `rows` rows."""
-        self.tick_s.observe(seconds)
-        self.iterations.inc(rows)
+    def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None:
+        """A run of `steps` batch steps, `row_steps` of them requests' iterations: one observation a
+        step, so that the histogram counts steps whatever the runs' lengths."""
+        per_step = seconds / steps
+        for _ in range(steps):
+            self.tick_s.observe(per_step)
+        self.iterations.inc(row_steps)
 
     def finished(self, job: SolveJob, result: SolveResult) -> None:
         """A request stopped (or failed)."""
@@ -176,9 +180,9 @@ class _EngineGauges(Collector):
         waiting = GaugeMetricFamily(
             "eqserve_requests_waiting", "Requests waiting for a row", labels=["model"]
         )
-        rows = GaugeMetricFamily("eqserve_batch_rows", "Rows the last tick computed", labels=["model"])
+        rows = GaugeMetricFamily("eqserve_batch_rows", "Rows the last run computed", labels=["model"])
         for e in self.engines:
             running.add_metric([e.name], e.running)
             waiting.add_metric([e.name], e.waiting)
-            rows.add_metric([e.name], e.last_tick_rows)
+            rows.add_metric([e.name], e.last_run_rows)
         return [running, waiting, rows]

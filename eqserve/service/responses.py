@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eqserve.service.engine import SolveResult
+from eqserve.engine.job import SolveResult
 from eqserve.service.schemas import SolveResponse, Timing
 from eqserve.service.streams import finite_or_none
 

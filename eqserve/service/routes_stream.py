@@ -12,9 +12,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from eqserve.engine.errors import ModelStepError
+from eqserve.engine.job import SolveJob, SolveResult, extend_job
 from eqserve.service import auth
 from eqserve.service.drain import refusal
-from eqserve.service.engine import ModelStepError, SolveJob, SolveResult, extend_job
 from eqserve.service.errors import ApiError, error_body, internal_error, parse_json, validate
 from eqserve.service.responses import to_response
 from eqserve.service.schemas import ExtendMessage, SolveRequest

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from eqserve.service.engine import ModelStepError, SolveJob, SolveResult
+from eqserve.engine.errors import ModelStepError
+from eqserve.engine.job import SolveJob, SolveResult
 from eqserve.service.errors import read_json
 from eqserve.service.responses import to_response
 from eqserve.service.routes_stream import model_error, parse_solve, sse_response, stuck_error

@@ -12,11 +12,13 @@ from typing import Any
 
 import torch
 
+from eqserve.engine.core import Engine
+from eqserve.engine.errors import EngineClosed, QueueFull
+from eqserve.engine.job import SolveJob
 from eqserve.kernels.dispatch import select_backend
 from eqserve.models.base import ImplicitModel, ModelMeta
 from eqserve.models.registry import ModelLoadError, ModelSource, from_directory, repository, resolve
 from eqserve.service.config import Settings
-from eqserve.service.engine import Engine, EngineClosed, QueueFull, SolveJob
 from eqserve.service.errors import ApiError
 from eqserve.service.jobs import build_job
 from eqserve.service.metrics import Metrics

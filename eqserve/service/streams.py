@@ -9,10 +9,12 @@ and at most `RATE` iterates per second after a burst of `capacity`, because ever
 the worker GIL time; iterates it skips count as dropped, like those that fell out of the ring. The
 final event is never dropped.
 
-The worker is spared the iterates that would only be dropped: while a solve runs faster than `RATE`
-the stream raises its job's `stride` so that the worker hands over about `STRIDE_MARGIN × RATE`
-iterates per second, and while the client reads nothing (the ring is full and no batch went out for
-`STALL_S`) it mutes the job until the client reads again. Skipped iterates count as dropped too.
+The stream is its job's watch (`eqserve.engine.job.Watch`): it tells the engine which iterate it
+wants next, every `every`·`stride`-th, so the worker is spared the iterates that would only be
+dropped and runs that many steps without the host. While a solve runs faster than `RATE` the stream
+raises its `stride` so that the worker hands over about `STRIDE_MARGIN × RATE` iterates per second,
+and while the client reads nothing (the ring is full and no batch went out for `STALL_S`) it mutes
+itself until the client reads again. Skipped iterates count as dropped too.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from eqserve.engine.job import NEVER
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.service.arrays import Encoding, encode_state
 
 if TYPE_CHECKING:
-    from eqserve.service.engine import SolveJob
+    from eqserve.engine.job import SolveJob
 
 RATE = 5500.0
 """Iterate events per second one stream sends at most, once its burst allowance is spent."""
@@ -45,8 +48,8 @@ STRIDE_MARGIN = 1.25
 STALL_S = 0.05
 """A full ring with no batch sent for this long means the client stopped reading: the job is muted."""
 
-MUTED = 1 << 62
-"""The stride of a muted job: only its last iterate reaches the stream."""
+MUTED = NEVER
+"""The stride of a muted stream: only its last iterate reaches it."""
 
 Iterate = tuple[int, float, float, torch.Tensor | None]
 """What the worker hands over per iterate: (t, residual, rel_residual, y as a (1, *state_shape) view
@@ -107,8 +110,9 @@ class EventStream:
         self._wake = asyncio.Event()
         self._waiting = False
         self._final: dict[str, Any] | None = None
-        self._job: SolveJob | None = None
         self._stride = 1
+        self._every = self._period = 1
+        """The attached job's `every`, and every·stride: the iterates the stream wants."""
         self._last_t = 0
         self._progress = time.monotonic()
         self.skipped = 0
@@ -121,20 +125,27 @@ class EventStream:
         """Times the worker woke the event loop."""
 
     def attach(self, job: SolveJob) -> None:
-        """Make this stream `job`'s iterate hook (each leg of an extended solve is a new job)."""
-        job.on_iterate = self.push
-        job.iterate_y = self._keep_y
-        job.stride = self._stride
-        self._job = job
+        """Make this stream `job`'s watch (each leg of an extended solve is a new job)."""
+        job.watch = self
+        self._every, self._period = job.every, job.every * self._stride
 
     @property
-    def _every(self) -> int:
-        """The attached job's `every` (1 before one is attached)."""
-        return self._job.every if self._job is not None else 1
+    def wants_y(self) -> bool:
+        """Whether the events carry the state or its decoding."""
+        return self._keep_y
+
+    @property
+    def muted(self) -> bool:
+        """Whether the stream wants no iterate but the last (its client reads nothing)."""
+        return self._period >= NEVER
+
+    def next_due(self, t: int) -> int:
+        """The next multiple of every·stride after t (NEVER while muted)."""
+        period = self._period
+        return NEVER if period >= NEVER else (t // period + 1) * period
 
     def _throttle(self, stride: int) -> None:
-        if self._job is not None:
-            self._job.stride = stride
+        self._period = NEVER if stride >= NEVER else self._every * stride
 
     def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor | None) -> None:
         """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.

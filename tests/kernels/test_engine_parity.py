@@ -9,7 +9,8 @@ pytest.importorskip("pydantic", reason="the models need pydantic (the GPU image 
 
 from eqserve.kernels.dispatch import select_backend
 from eqserve.models.deq_mlp.model import DeqMLP
-from eqserve.service.engine import Engine, SolveJob, SolveResult
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob, SolveResult
 
 
 def small_deq(hidden: int = 24, norm: float = 0.8) -> DeqMLP:

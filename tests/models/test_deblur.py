@@ -22,7 +22,8 @@ from eqserve.models.deblur.ops import blur, blur_adjoint, gaussian_kernel, psnr,
 from eqserve.models.deblur.png import decode_png, encode_png
 from eqserve.models.deblur.train import TRAIN_DEPTH
 from eqserve.models.shipped import WEIGHTS_DIR
-from eqserve.service.engine import Engine, SolveJob
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
 from tests.conftest import make_client
 
 

@@ -7,10 +7,12 @@ import time
 import httpx
 import pytest
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob, SolveResult
+from eqserve.engine.observer import NullObserver
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
-from eqserve.service.engine import Engine, NullObserver, SolveJob, SolveResult
 from tests.live_server import live_server
 
 
@@ -20,9 +22,9 @@ def assert_engine_goes_idle(engine: Engine) -> None:
     while engine.running and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.running == 0
-    ticks = engine.ticks
+    ticks = engine.steps
     time.sleep(0.2)
-    assert engine.ticks == ticks
+    assert engine.steps == ticks
 
 
 def test_client_disconnect_cancels_the_solve() -> None:

@@ -9,17 +9,12 @@ import time
 import pytest
 import torch
 
+from eqserve.engine.core import Engine
+from eqserve.engine.errors import ModelStepError, QueueFull
+from eqserve.engine.job import EveryIterate, SolveJob, SolveResult, extend_job
+from eqserve.engine.scheduler import COMPACT_AFTER_STEPS
 from eqserve.models.base import ImplicitModel
 from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
-from eqserve.service.engine import (
-    COMPACT_AFTER_TICKS,
-    Engine,
-    ModelStepError,
-    QueueFull,
-    SolveJob,
-    SolveResult,
-    extend_job,
-)
 from tests.fake_models import BLOWUP_X, NAN_X, RAISE_X, Faulty, RowAligned
 
 
@@ -76,11 +71,11 @@ def test_request_arriving_mid_solve_finishes_before_the_running_one() -> None:
     engine.start()
     try:
         slow = engine.submit(job(model, [1e-4], tol=0.0, max_iters=10**7, trace=False))
-        wait_until(lambda: engine.ticks > 10)
+        wait_until(lambda: engine.steps > 10)
         quick = engine.submit(job(model, [0.5], tol=1e-6)).result(10)
         assert not slow.done()
         assert quick.status == "converged"
-        assert engine.ticks > quick.iterations
+        assert engine.steps > quick.iterations
     finally:
         engine.stop()
     assert slow.result(10).status == "cancelled"
@@ -92,7 +87,7 @@ def test_static_batching_holds_a_new_request_until_the_batch_ends() -> None:
     engine.start()
     try:
         first = engine.submit(job(model, [0.01], tol=0.0, max_iters=400))
-        wait_until(lambda: engine.ticks > 0)
+        wait_until(lambda: engine.steps > 0)
         second = engine.submit(job(model, [0.5], tol=1e-3)).result(10)
         assert first.done()
         assert second.queue_ms > 0
@@ -154,7 +149,7 @@ def test_cancelled_row_leaves_at_the_next_tick() -> None:
     try:
         j = job(model, [1e-4], tol=0.0, max_iters=10**8, trace=False)
         fut = engine.submit(j)
-        wait_until(lambda: engine.ticks > 5)
+        wait_until(lambda: engine.steps > 5)
         j.cancelled = True
         r = fut.result(10)
         assert r.status == "cancelled"
@@ -233,7 +228,7 @@ def test_iterate_hook_sees_every_kth_iterate_and_the_last() -> None:
     model = Reciprocal()
     seen: list[tuple[int, float]] = []
     j = job(model, [0.5], tol=0.0, max_iters=10, every=4)
-    j.on_iterate = lambda t, res, rel, y: seen.append((t, float(y[0, 0])))
+    j.watch = EveryIterate(lambda t, res, rel, y: seen.append((t, float(y[0, 0]))), every=4)
     alone(model, j)
     assert [t for t, _ in seen] == [4, 8, 10]
     assert seen[-1][1] == pytest.approx((1 - 0.5**10) / 0.5)
@@ -259,9 +254,13 @@ def test_static_batch_computes_every_row_until_its_slowest_stops_and_answers_the
     futures = [engine.submit(j) for j in jobs]
     answered_at: list[int] = []
     for f in futures:
-        f.add_done_callback(lambda _: answered_at.append(engine.ticks))
-    rows_per_tick: list[int] = []
-    engine.observer.tick = lambda seconds, rows: rows_per_tick.append(rows)  # type: ignore[method-assign]
+        f.add_done_callback(lambda _: answered_at.append(engine.steps))
+    rows_per_tick: list[int] = []  # the rows each batch step computed
+
+    def ran(seconds: float, steps: int, rows: int, row_steps: int) -> None:
+        rows_per_tick.extend([rows] * steps)
+
+    engine.observer.ran = ran  # type: ignore[method-assign]
     engine.start()
     try:
         results = [f.result(10) for f in futures]
@@ -295,7 +294,7 @@ def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
         futures = []
         for k, tol in specs:  # staggered: each join meets rows that have left or are still running
             futures.append(engine.submit(mlp_job(k, tol)))
-            wait_until(lambda: engine.ticks > 2 * len(futures))
+            wait_until(lambda: engine.steps > 2 * len(futures))
         staggered = [f.result(10) for f in futures]
     finally:
         engine.stop()
@@ -313,10 +312,10 @@ def test_row_aligned_contexts_survive_joins_and_leaves() -> None:
 def test_a_retired_slot_is_taken_over_or_compacted_by_what_it_costs(m: int, rebuild_s: float) -> None:
     """A newcomer takes the slot a retired row left (the batch does not grow) while the empty slot
     has cost less than a compaction; the engine compacts once it has (at once when compacting is
-    free; after COMPACT_AFTER_TICKS ticks at the latest). Every answer is the one it gets alone."""
+    free; after COMPACT_AFTER_STEPS ticks at the latest). Every answer is the one it gets alone."""
     model = RowAligned()
     engine = Engine(model)
-    engine._rebuild_s = rebuild_s  # pin the measured cost of a compaction (the policy's input)
+    engine.rebuild_s = rebuild_s  # pin the measured cost of a compaction (the policy's input)
     widths: list[int] = []  # widths[i]: rows tick i computed, seen at the long row's iterate i + 1
     order: list[str | None] = []  # the batch's rows by request, seen at the long row's iterate 7
 
@@ -327,13 +326,13 @@ def test_a_retired_slot_is_taken_over_or_compacted_by_what_it_costs(m: int, rebu
     short, long, late = (slow(*spec) for spec in specs)
 
     def watch(t: int, *_: object) -> None:
-        widths.append(engine.last_tick_rows)
+        widths.append(engine.last_run_rows)
         if t == 5:  # the short row retired at tick 3
             engine.submit(late)
         if t == 7:
-            order.extend(None if r is None else r.job.id for r in engine._rows)
+            order.extend(None if r is None else r.job.id for r in engine.scheduler.rows)
 
-    long.on_iterate = watch
+    long.watch = EveryIterate(watch)
     futures = [engine.submit(short), engine.submit(long)]
     engine.start()
     try:
@@ -343,14 +342,14 @@ def test_a_retired_slot_is_taken_over_or_compacted_by_what_it_costs(m: int, rebu
     last = 5 + results[2].iterations  # the newcomer computes in ticks 6 … last
     if rebuild_s:  # never worth it: the slots wait their longest, the newcomer takes the old one
         assert order == [late.id, long.id]
-        end = last + COMPACT_AFTER_TICKS
+        end = last + COMPACT_AFTER_STEPS
         assert widths[1 : end + 1] == [2] * end
         assert widths[end + 1 :] == [1] * (40 - end - 1)
     else:  # free: the empty slot is compacted before the next tick, the newcomer appended; the
         # compaction measured its own cost, so the newcomer's slot waits by what that was
         assert order == [long.id, late.id]
         assert widths[1 : last + 1] == [2] * 3 + [1] * 2 + [2] * (last - 5)
-        assert widths[last + COMPACT_AFTER_TICKS + 1 :] == [1] * (40 - last - COMPACT_AFTER_TICKS - 1)
+        assert widths[last + COMPACT_AFTER_STEPS + 1 :] == [1] * (40 - last - COMPACT_AFTER_STEPS - 1)
     for got, want in zip(results, [alone(model, slow(*spec)) for spec in specs], strict=True):
         assert got.status == want.status
         assert got.iterations == want.iterations and got.state == want.state

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from eqserve.service.engine import Engine, SolveJob
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
 from tests.conftest import make_client
 from tests.shaped_models import Grid
 

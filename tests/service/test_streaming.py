@@ -15,12 +15,13 @@ import torch
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob, SolveResult
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.client import Client, EqserveError
 from eqserve.service.config import Settings
-from eqserve.service.engine import Engine, SolveJob, SolveResult
-from eqserve.service.streams import MUTED, STRIDE_MARGIN, EventStream, Iterate, iterate_encoder
+from eqserve.service.streams import STRIDE_MARGIN, EventStream, Iterate, iterate_encoder
 from tests.live_server import live_server
 from tests.service.test_disconnect import assert_engine_goes_idle
 
@@ -170,7 +171,7 @@ def test_a_client_that_stops_reading_mutes_its_solve_through_the_sockets() -> No
             engine = app.state.eq.served["reciprocal"].engine
             ws.send(json.dumps(request(input=SLOW, budget={"tol": 0, "max_iters": 10**7})))
             deadline = time.monotonic() + 20
-            while not any(row is not None and row.job.stride == MUTED for row in engine._rows):
+            while not any(row is not None and row.job.watch.muted for row in engine.scheduler.rows):
                 assert time.monotonic() < deadline, "the solve was never muted"
                 time.sleep(0.01)
             ws.send(json.dumps({"type": "cancel"}))
@@ -390,13 +391,13 @@ def test_the_worker_is_spared_the_iterates_a_stream_would_drop(stall: bool) -> N
         muted_pushes: list[int] = []
         if stall:
             deadline = time.monotonic() + 10
-            while job.stride != MUTED:
+            while not stream.muted:
                 assert time.monotonic() < deadline and not fut.done(), "never muted"
                 await asyncio.sleep(0.005)
             muted_pushes.append(stream.pushed)
             await asyncio.sleep(0.2)  # the worker goes on iterating, handing nothing over
             muted_pushes.append(stream.pushed)
-            assert not fut.done() and job.stride == MUTED
+            assert not fut.done() and stream.muted
             reading.set()
         result = await fut
         stream.finish({"type": "result", "dropped": 0})
