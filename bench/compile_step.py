@@ -54,8 +54,9 @@ def measure(name: str, rounds: int) -> dict:
     model = load_model(name)
     y_row, ctx = example_row(model)
     with torch.inference_mode():
+        one = model.collate([ctx])
         for _ in range(SETTLE_STEPS):
-            y_row = model.step(y_row, ctx)
+            y_row = model.step(y_row, one)
     start = time.perf_counter()
     step = compiled_step(model, max(ROWS), (y_row, ctx))
     load_s = time.perf_counter() - start

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from eqserve.kernels.configs import Shipped, ptr
 from eqserve.kernels.reference import StepOut
-from eqserve.kernels.triton_math import RUNNING, decide, lerp, residuals, square_sums
+from eqserve.kernels.triton_math import EPS, RUNNING, decide, lerp, residuals, square_sums
 
 TILE = 1024
 """Elements per program per pass over the columns: BLOCK_B rows × TILE // BLOCK_B columns."""
@@ -49,21 +49,23 @@ def epilogue_kernel(
     n,
     copy_frozen,
     HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Rows pid·BLOCK_B…: y_out = lerp(y, G(y), β) over all n columns (G(y) zero where the pad mask is
-    False), then each active row's residuals, counters and decision. Frozen rows are copied to
-    y_out when `copy_frozen` (y_out is another buffer) and otherwise not touched."""
+    False), then each active row's residuals, counters and decision, in ACC (fp32, or fp64 for fp64
+    states, as the reference). Frozen rows are copied to y_out when `copy_frozen` (y_out is another
+    buffer) and otherwise not touched."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     valid = rows < b
     active = valid & (tl.load(active_ptr + rows, mask=valid, other=0) != 0)
     moved = active | (valid & (tl.zeros((BLOCK_B,), tl.int32) + copy_frozen != 0))
     if tl.sum(moved.to(tl.int32), axis=0) > 0:
         base = rows.to(tl.int64) * n
-        beta = tl.load(beta_ptr + rows, mask=active, other=0.0).to(tl.float32)
-        sq_d = tl.zeros((BLOCK_B,), dtype=tl.float32)
-        sq_g = tl.zeros((BLOCK_B,), dtype=tl.float32)
+        beta = tl.load(beta_ptr + rows, mask=active, other=0.0).to(ACC)
+        sq_d = tl.zeros((BLOCK_B,), dtype=ACC)
+        sq_g = tl.zeros((BLOCK_B,), dtype=ACC)
         bad = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for c0 in range(0, n, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
@@ -71,18 +73,22 @@ def epilogue_kernel(
             offs = base[:, None] + cols[None, :]
             tile = active[:, None] & cmask[None, :]
             y_st = tl.load(y_ptr + offs, mask=moved[:, None] & cmask[None, :], other=0.0)
-            y = y_st.to(tl.float32)
+            y = y_st.to(ACC)
             own = tile
             if HAS_MASK:
                 own = tile & (tl.load(mask_ptr + offs, mask=tile, other=0) != 0)
-            g = tl.load(gy_ptr + offs, mask=own, other=0.0).to(tl.float32)
+            g = tl.load(gy_ptr + offs, mask=own, other=0.0).to(ACC)
             y_next = lerp(y, g, beta[:, None]).to(y_out_ptr.dtype.element_ty)
             tl.store(y_out_ptr + offs, tl.where(tile, y_next, y_st), mask=moved[:, None] & cmask[None, :])
-            d, s, f = square_sums(g - y, g, y_next.to(tl.float32), tile)
+            d, s, f = square_sums(g - y, g, y_next.to(ACC), tile)
             sq_d += d
             sq_g += s
             bad += f
-        abs_res, rel_res = residuals(sq_d, sq_g)
+        if tl.float64 == ACC:  # fp64 sqrt and division round to nearest; fp32 needs the _rn forms
+            abs_res = tl.sqrt(sq_d)
+            rel_res = abs_res / (tl.sqrt(sq_g) + EPS)
+        else:
+            abs_res, rel_res = residuals(sq_d, sq_g)
         iters = tl.load(iters_ptr + rows, mask=active, other=0) + 1
         first = tl.load(first_ptr + rows, mask=active, other=0.0)
         first = tl.where(iters == 1, abs_res.to(tl.float64), first)
@@ -130,9 +136,9 @@ def launch(
     """One epilogue step in place: `y_out` (B, n) gets the new state (it may be `y` itself: then frozen
     rows are not touched); for active rows `iters`, `first_res`, `code`, `abs_res`, `rel_res` take
     the step's values and `active` becomes False where the row stopped. All tensors contiguous:
-    y, gy, y_out (B, n) of y's dtype (fp32 or bf16; gy may be either), mask (B, n) bool or None,
+    y, gy, y_out (B, n) of y's dtype (fp32, bf16 or fp64; gy may differ), mask (B, n) bool or None,
     beta (B,) or (B, 1), tol and first_res fp64 (B,), rel_mode and active bool (B,), iters,
-    max_iters and code int64 (B,), abs_res and rel_res fp32 (B,)."""
+    max_iters and code int64 (B,), abs_res and rel_res fp32 (fp64 for fp64 states) (B,)."""
     b, n = y.shape
     updated = (y_out, active, iters, first_res, code, abs_res, rel_res)
     if not all(t.is_contiguous() for t in (y, gy, beta, tol, rel_mode, max_iters, *updated)):
@@ -159,6 +165,7 @@ def launch(
         n,
         int(y_out.data_ptr() != y.data_ptr()),
         HAS_MASK=mask is not None,
+        ACC=tl.float64 if y.dtype == torch.float64 else tl.float32,
         BLOCK_B=rows,
         BLOCK_N=TILE // rows,
     )
@@ -227,7 +234,7 @@ def shipped() -> list[Shipped]:
         sig |= {"b": "i32", "n": "i32", "copy_frozen": "i32"}
         for masked in (False, True):
             for rows in BLOCK_BS:
-                constexprs = {"HAS_MASK": masked, "BLOCK_B": rows, "BLOCK_N": TILE // rows}
+                constexprs = {"HAS_MASK": masked, "ACC": tl.float32, "BLOCK_B": rows, "BLOCK_N": TILE // rows}
                 name = f"epilogue[{t[1:]},b{rows}n{TILE // rows}{',mask' if masked else ''}]"
                 sig_c = sig | dict.fromkeys(constexprs, "constexpr")
                 out.append(Shipped(name, epilogue_kernel, sig_c, constexprs, 4, 1))

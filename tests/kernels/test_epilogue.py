@@ -86,6 +86,17 @@ def test_dispatch_backends_agree(case: tuple[str, torch.dtype]) -> None:
     )
 
 
+def test_fp64_rows_step_in_fp64(device: str) -> None:
+    """An fp64 state (reciprocal's) is updated and measured in fp64, as the reference does."""
+    a = _inputs(device, torch.float64, seed=7)
+    a["abs_res"], a["rel_res"] = a["abs_res"].double(), a["rel_res"].double()
+    ref = reference.solver_epilogue(**a)
+    out = epilogue.step(**a)
+    assert out.code.tolist() == ref.code.tolist() and out.iters.tolist() == ref.iters.tolist()
+    for got, want in zip(out, ref, strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("block_b", [1, 4])
 def test_masked_rows_ignore_what_lies_outside_their_shape(
     case: tuple[str, torch.dtype], block_b: int
