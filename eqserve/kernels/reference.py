@@ -172,3 +172,38 @@ def dense_solve(
             y[idx], w, inj[idx], beta[idx], tol[idx], rel_mode[idx], iters[idx], max_iters[idx], first[idx]
         )
         y[idx], abs_res[idx], rel_res[idx], code[idx], iters[idx], first[idx] = out
+
+
+def solver_epilogue(
+    y: torch.Tensor,
+    gy: torch.Tensor,
+    mask: torch.Tensor | None,
+    beta: torch.Tensor,
+    tol: torch.Tensor,
+    rel_mode: torch.Tensor,
+    iters: torch.Tensor,
+    max_iters: torch.Tensor,
+    first_res: torch.Tensor,
+    code: torch.Tensor,
+    abs_res: torch.Tensor,
+    rel_res: torch.Tensor,
+    active: torch.Tensor,
+) -> StepOut:
+    """What follows any model's G-step in a multi-step run: residuals → picard → decide for the
+    `active` rows, G(y) taken as 0 where the pad `mask` is False; rows not active (stopped earlier in
+    the run) keep their y, residuals, code, iters and first residual."""
+    if mask is not None:
+        gy = torch.where(mask, gy, 0.0)
+    step_abs, step_rel = residuals(y, gy)
+    y_next = picard(y, gy, beta)
+    step_iters = iters + 1
+    first = torch.where(step_iters == 1, step_abs.double(), first_res)
+    step_code = decide(step_abs, step_rel, y_next, first, step_iters, max_iters, tol, rel_mode)
+    return StepOut(
+        torch.where(active.unsqueeze(1), y_next, y),
+        torch.where(active, step_abs, abs_res),
+        torch.where(active, step_rel, rel_res),
+        torch.where(active, step_code, code),
+        torch.where(active, step_iters, iters),
+        torch.where(active, first, first_res),
+    )
