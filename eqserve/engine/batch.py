@@ -4,6 +4,11 @@ States of any shape share the batch flat, (B, prod(S)), S the per-axis bound of 
 (`eqserve.models.padding`); while shapes differ, `mask` marks each row's own entries and G(y) is
 zeroed outside them, so padding never counts in a residual. The per-row budget and counters stay in
 Python lists: the host reads them every step on a CPU, and a device runner uploads them once a run.
+
+In batch-invariant mode a row's bits do not depend on its mates: a model that declares
+`batch_invariant` steps the batch inside `invariant.mode(True)`; any other model steps each row alone,
+at its own shape with its own context (a batch of one is invariant by construction); the residual
+norms ignore the padding and the batch (`invariant.residuals`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from eqserve.engine.job import Resume, SolveJob
+from eqserve.kernels import invariant
+from eqserve.kernels.reference import residuals
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.padding import Shape, bound, fits, pack, pad_mask, refit, unpack
 from eqserve.solvers import SolverState
@@ -19,9 +26,12 @@ from eqserve.solvers import SolverState
 class Batch:
     """One model's batch; slot i of every tensor and list is the scheduler's slot i."""
 
-    def __init__(self, model: ImplicitModel) -> None:
+    def __init__(self, model: ImplicitModel, invariant: bool = False) -> None:
         self.model = model
         self.device = model.device()
+        self.invariant = invariant
+        self.rowwise = invariant and not type(model).batch_invariant
+        """Whether G steps each row alone (batch-invariant mode for a model that does not declare it)."""
         self.clear()
 
     def clear(self) -> None:
@@ -38,17 +48,27 @@ class Batch:
         self.max_iters: list[int] = []
         self.tol: list[float] = []
         self.rel_mode: list[bool] = []
+        self.own: list[Ctx] = []
+        """Each row's own collated context, kept while G steps rows alone."""
 
     def __len__(self) -> int:
         return len(self.iters)
 
     def g(self, y: torch.Tensor) -> torch.Tensor:
         """G(y) of the whole batch, flat, zero outside each row's own entries."""
-        if len(self.shape) == 1:  # the flat batch is already (B, n): no view and reshape a step
-            gy = self.model.step(y, self.ctx)
-        else:
-            gy = self.model.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
+        if self.rowwise:
+            rows = [self.row(y, i, s) for i, s in enumerate(self.shapes)]
+            return pack([self.model.step(r, c) for r, c in zip(rows, self.own, strict=True)], self.shape)
+        with invariant.mode(self.invariant):
+            if len(self.shape) == 1:  # the flat batch is already (B, n): no view and reshape a step
+                gy = self.model.step(y, self.ctx)
+            else:
+                gy = self.model.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
         return gy if self.mask is None else torch.where(self.mask, gy, 0.0)
+
+    def residuals(self, y: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row abs and rel residuals (`reference.residuals`; padding- and batch-proof when invariant)."""
+        return invariant.residuals(y, gy, self.shape) if self.invariant else residuals(y, gy)
 
     def row(self, y: torch.Tensor, i: int, shape: Shape) -> torch.Tensor:
         """Row i of a flat batch state `y` as its own (1, *shape) state (a view where it can be)."""
@@ -88,6 +108,8 @@ class Batch:
             for slot, job in zip(slots, jobs, strict=False):
                 self._set_counts(slot, job)
                 self.shapes[slot] = job.shape
+                if self.rowwise:
+                    self.own[slot] = self.model.collate([job.ctx])
         rest = jobs[k:]
         if rest:
             self.y = torch.cat([self.y, new_y[k:]])
@@ -96,6 +118,7 @@ class Batch:
             self.ctx = self.model.rebatch(self.ctx, None, [], [j.ctx for j in rest])
             self._append_counts(rest)
             self.shapes += [j.shape for j in rest]
+            self.own += self._own(rest)
         self._remask()
         return [*slots, *range(len(self) - len(rest), len(self))]
 
@@ -138,6 +161,7 @@ class Batch:
         kept_ctxs, new_ctxs = [j.ctx for j in kept], [j.ctx for j in jobs]
         self.ctx = self.model.rebatch(self.ctx if keep else {}, idx, kept_ctxs, new_ctxs)
         self.shapes = [j.shape for j in kept + jobs]
+        self.own = [self.own[i] for i in keep] + self._own(jobs) if self.rowwise else []
         self._remask()
 
     def _set_counts(self, slot: int, job: SolveJob) -> None:
@@ -154,6 +178,9 @@ class Batch:
             self.tol.append(0.0)
             self.rel_mode.append(False)
             self._set_counts(len(self.iters) - 1, job)
+
+    def _own(self, jobs: list[SolveJob]) -> list[Ctx]:
+        return [self.model.collate([j.ctx]) for j in jobs] if self.rowwise else []
 
     def _remask(self) -> None:
         mixed = any(s != self.shape for s in self.shapes)

@@ -45,6 +45,7 @@ class Engine:
         batching: Batching = "continuous",
         backend: Backend = "torch",
         torch_threads: int = 0,
+        batch_invariant: bool = False,
     ) -> None:
         self.model = model
         self.name = model.name
@@ -53,7 +54,7 @@ class Engine:
         self.batching = batching
         self.policy = POLICIES[batching]()
         self.scheduler = Scheduler(model.name, max_batch_rows, max_queue, self.policy)
-        self.batch = Batch(model)
+        self.batch = Batch(model, batch_invariant)
         self.observer: EngineObserver = NullObserver()
         self._runner: runner.StepRunner = runner.HostRunner(backend)
         self._thread: threading.Thread | None = None

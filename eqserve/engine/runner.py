@@ -25,7 +25,7 @@ import torch
 
 from eqserve.engine.batch import Batch
 from eqserve.kernels.dispatch import Backend, dense_picard_step
-from eqserve.kernels.reference import Stop, decide, decide_row, residuals
+from eqserve.kernels.reference import Stop, decide, decide_row
 from eqserve.models.base import ImplicitModel
 
 
@@ -68,7 +68,7 @@ class HostRunner:
         s: list[float] = [0.0] * len(batch)
         for step in range(1, k + 1):
             gy = batch.g(y)
-            abs_res, rel_res = residuals(y, gy)
+            abs_res, rel_res = batch.residuals(y, gy)
             y = gy if undamped else solver.update(y, gy, self.backend)
             a, r = abs_res.tolist(), rel_res.tolist()
             if history:
@@ -105,7 +105,7 @@ class DeviceRunner:
         """One step of the batch: (y_next, abs, rel, code), with c's iters and first_res advanced."""
         assert batch.solver is not None
         gy = batch.g(y)
-        abs_res, rel_res = residuals(y, gy)
+        abs_res, rel_res = batch.residuals(y, gy)
         y_next = batch.solver.update(y, gy, self.backend)
         c.iters = c.iters + 1
         c.first = torch.where(c.iters == 1, abs_res.double(), c.first)
@@ -156,8 +156,9 @@ class DenseRunner(DeviceRunner):
         dense = batch.model.dense_form(batch.ctx)
         assert dense is not None and batch.solver is not None
         o = dense_picard_step(
-            y, *dense, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters, c.first, self.backend
-        )
+            y, *dense, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters, c.first, self.backend,
+            invariant=batch.invariant,
+        )  # fmt: skip
         c.iters, c.first = o.iters, o.first_res
         return o.y, o.abs_res, o.rel_res, o.code
 

@@ -77,19 +77,25 @@ def dense_picard_step(
     backend: Backend,
     *,
     tuned: bool = False,
+    invariant: bool = False,
 ) -> StepOut:
-    """One tick of the dense family for every row: `reference.dense_picard_step`'s semantics.
+    """One step of the dense family for every row: `reference.dense_picard_step`'s semantics.
 
     y (B, n) fp32 or bf16; w (n, n); inj (B, n); beta (B, 1); tol float64 (B,); rel_mode bool (B,);
     iters, max_iters int64 (B,); first_res float64 (B,), taken from this step's residual where
     iters + 1 == 1. Returns (y, abs_res, rel_res, code, iters, first_res), all new tensors.
-    `tuned` picks the autotuned launcher (CUDA only; its first call per shape times every config).
+    `tuned` picks the autotuned launcher (CUDA only; its first call per shape times every config);
+    `invariant` the batch-invariant launch (Triton only: the torch reference is not).
     """
     if backend == "torch":
+        if invariant:
+            raise ValueError("the batch-invariant dense step needs the Triton backend")
         return reference.dense_picard_step(y, w, inj, beta, tol, rel_mode, iters, max_iters, first_res)
     from eqserve.kernels import dense_step
 
-    return dense_step.step(y, w, inj, beta, tol, rel_mode, iters, max_iters, first_res, tuned=tuned)
+    return dense_step.step(
+        y, w, inj, beta, tol, rel_mode, iters, max_iters, first_res, tuned=tuned, invariant=invariant
+    )
 
 
 def dense_solver(w: torch.Tensor, backend: Backend, *, steps_per_replay: int = 8) -> Solver:

@@ -47,7 +47,17 @@ class Settings:
     max_queue: int = field(default=256, metadata={"help": "waiting requests per model before 429"})
     batching: str = field(
         default="continuous",
-        metadata={"help": "continuous: join and leave every tick; static: a batch runs to its slowest row"},
+        metadata={
+            "help": "continuous: join and leave between runs of steps; static: a batch runs to its "
+            "slowest row"
+        },
+    )
+    batch_invariant: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "models (comma-separated, or *) whose rows' bits never depend on their batch-mates; "
+            "costs step time, most for models that do not declare it (their rows step one at a time)"
+        },
     )
     max_iters_cap: int = field(default=10_000, metadata={"help": "largest budget.max_iters accepted"})
     analyze_cap: int = field(
@@ -98,7 +108,7 @@ class Settings:
     stuck_tick_s: float = field(
         default=30.0,
         metadata={
-            "help": "a model whose worker has spent this long in one tick is reported not ready, and its "
+            "help": "a model whose worker has spent this long in one turn is reported not ready, and its "
             "requests are answered 503 this long after their deadline (a step that hangs)"
         },
     )

@@ -98,6 +98,7 @@ class ServerState:
             batching=self.settings.batching,  # type: ignore[arg-type]
             backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
             torch_threads=self.settings.torch_threads,
+            batch_invariant=bool({model.name, "*"} & set(self.settings.batch_invariant)),
         )
         self.metrics.observe(engine)
         engine.start()
