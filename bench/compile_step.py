@@ -58,7 +58,7 @@ def measure(name: str, rounds: int) -> dict:
         for _ in range(SETTLE_STEPS):
             y_row = model.step(y_row, one)
     start = time.perf_counter()
-    step = compiled_step(model, max(ROWS), (y_row, ctx))
+    step = compiled_step(model, max(ROWS), [(y_row, ctx)])
     load_s = time.perf_counter() - start
     out: dict = {"model": name, "compile_s": load_s, "graphs": step.graphs, "error": step.error, "rows": {}}
     with torch.inference_mode():

@@ -79,3 +79,21 @@ def test_failing_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
     with torch.inference_mode():
         yb, cb = batch_of(model, y, ctx, 4)
         assert torch.equal(step(yb, cb), model.step(yb, cb))
+
+
+def test_rows_of_two_state_sizes_warm_a_graph_for_a_third() -> None:
+    model = load_model("reciprocal")
+
+    def row(n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inp = {"x": torch.linspace(0.2, 1.0, n).tolist(), "eta": 0.5}
+        ctx = model.encode(model.Input.model_validate(inp))
+        return model.init(ctx), ctx
+
+    torch._dynamo.reset()
+    step = Counting(model)
+    step.warm([batch_of(model, *row(n), rows) for n in (4, 6) for rows in (2, 8)])
+    graphs, runs = step.graphs, step.runs
+    with torch.inference_mode():
+        y, ctx = batch_of(model, *row(9), 5)
+        torch.testing.assert_close(step(y, ctx), model.step(y, ctx))
+    assert (step.graphs, step.runs) == (graphs, runs + 1)

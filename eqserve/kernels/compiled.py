@@ -110,12 +110,13 @@ convolutions guard on batch ranges (on CPUs, 2–15 and 16 on), so 16 takes the 
 
 
 def compiled_step(
-    model: ImplicitModel, max_rows: int, row: tuple[torch.Tensor, Ctx] | None = None
+    model: ImplicitModel, max_rows: int, rows: Sequence[tuple[torch.Tensor, Ctx]] | None = None
 ) -> CompiledStep:
-    """The model's step compiled at load for batches of up to `max_rows` rows, warmed on copies of
-    `row` (y (1, *S), ctx; default: the model's example input) at WARM_SIZES and `max_rows`."""
+    """The model's step compiled at load for batches of up to `max_rows` rows, warmed on copies of each
+    of `rows` (y (1, *S), ctx; default: the model's example input) at WARM_SIZES and `max_rows`.
+    Rows of two or more state shapes make torch compile the shapes that differ as symbolic too;
+    a shape no warmed graph covers runs eager."""
     step = CompiledStep(model)
-    y_row, ctx_row = row if row is not None else example_row(model)
     sizes = sorted({s for s in WARM_SIZES if s < max_rows} | {max_rows})
-    step.warm([batch_of(model, y_row, ctx_row, s) for s in sizes])
+    step.warm([batch_of(model, y, ctx, s) for y, ctx in rows or [example_row(model)] for s in sizes])
     return step
