@@ -44,13 +44,13 @@ from safetensors.torch import load_file
 from span_floor import span_floor
 from torchdeq.solver import anderson_solver, fixed_point_iter
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
+from eqserve.engine.observer import NullObserver
 from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.deq_mlp.model import HELDOUT_FILE
 from eqserve.models.registry import load_model
 from eqserve.models.shipped import WEIGHTS_DIR
-from eqserve.engine.core import Engine
-from eqserve.engine.job import SolveJob
-from eqserve.engine.observer import NullObserver
 
 ROWS = 64
 DIM = 256
@@ -70,7 +70,7 @@ MATCHED = (
     "with tol (stop when max over rows < tol, strict; checked from Anderson's 3rd G-call), ours per row "
     "residual ≤ tol; their fixed_point_iter with tau=1 only (tau < 1 would scale the residual it tests); "
     "their G-evaluations = G-calls on the full batch (each call costs every row one), counted by "
-    "wrapping G; ours = each row's iterations, cross-checked against the rows of every engine tick"
+    "wrapping G; ours = each row's iterations, cross-checked against the row-steps of every engine run"
 )
 
 
@@ -141,27 +141,28 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class TickLog(NullObserver):
-    """Every tick's seconds and rows: the row-G-evaluations the engine actually computed, and their cost."""
+class RunLog(NullObserver):
+    """Every run's seconds, steps, slots and row-steps: the row-G-evaluations the engine actually
+    computed for requests, and what its steps cost."""
 
     def __init__(self) -> None:
-        self.ticks: list[tuple[float, int]] = []
+        self.runs: list[tuple[float, int, int, int]] = []
 
-    def tick(self, seconds: float, rows: int) -> None:
-        """Record one tick."""
-        self.ticks.append((seconds, rows))
+    def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None:
+        """Record one run."""
+        self.runs.append((seconds, steps, rows, row_steps))
 
 
 TAIL_ROWS = 8
-"""Ticks with at most this many active rows count as the batch's tail."""
+"""Steps over at most this many batch slots count as the batch's tail."""
 
 
 def ours(case: Case, tol: float, m: int, reps: int) -> Run:
     """The batch served by a fresh Engine per repetition; wall time from start() to the last result."""
-    best, results, log = math.inf, [], TickLog()
+    best, results, log = math.inf, [], RunLog()
     for _ in range(reps):
         engine = Engine(case.model, max_batch_rows=ROWS)
-        engine.observer = TickLog()
+        engine.observer = RunLog()
         futures = [
             engine.submit(
                 SolveJob(id=str(i), ctx=c, y0=case.model.init(c), max_iters=CAP, tol=tol, damping=1.0, m=m)
@@ -173,19 +174,22 @@ def ours(case: Case, tol: float, m: int, reps: int) -> Run:
         results = [f.result(timeout=300) for f in futures]
         seconds = time.perf_counter() - start
         engine.stop()
-        assert isinstance(engine.observer, TickLog)
+        assert isinstance(engine.observer, RunLog)
         if seconds < best:
             best, log = seconds, engine.observer
         iters = [r.iterations for r in results]
-        if sum(r for _, r in engine.observer.ticks) != sum(iters):
-            raise RuntimeError("the engine's ticks computed other row-steps than its results report")
+        if sum(r[3] for r in engine.observer.runs) != sum(iters):
+            raise RuntimeError("the engine's runs computed other row-steps than its results report")
     iters = [r.iterations for r in results]
-    tail = [t for t, r in log.ticks if r <= TAIL_ROWS]
+    steps = sum(r[1] for r in log.runs)
+    tail = [(s, k) for s, k, rows, _ in log.runs if rows <= TAIL_ROWS]
+    tail_steps = sum(k for _, k in tail)
     extra = {
-        "ticks": len(log.ticks),
-        "us_per_tick": round(sum(t for t, _ in log.ticks) / len(log.ticks) * 1e6, 1),
-        "tail_ticks": len(tail),
-        "us_per_tail_tick": round(sum(tail) / len(tail) * 1e6, 1) if tail else None,
+        "steps": steps,
+        "runs": len(log.runs),
+        "us_per_step": round(sum(r[0] for r in log.runs) / steps * 1e6, 1),
+        "tail_steps": tail_steps,
+        "us_per_tail_step": round(sum(s for s, _ in tail) / tail_steps * 1e6, 1) if tail else None,
     }
     return Run(
         "eqserve anderson" if m else "eqserve picard",
@@ -328,7 +332,7 @@ def run_case(case: Case, tol: float, grid: dict[str, tuple], reps: int) -> dict[
         "matched_m_ratio_evals": td_ratio(
             runs.get("ours_anderson_matched_m", ours_a).evals_mean, td_a.evals_mean
         ),
-        "ratio_ticks_vs_torchdeq_calls": td_ratio(ours_a.extra["ticks"], td_a.evals_mean),
+        "ratio_steps_vs_torchdeq_calls": td_ratio(ours_a.extra["steps"], td_a.evals_mean),
         "picard_ratio_evals": td_ratio(ours_p.evals_mean, td_p.evals_mean),
         "picard_ratio_time": td_ratio(ours_p.seconds, td_p.seconds),
         "span_floor": None if floor is None else {"evals_mean": floor[0], "evals_max": floor[1]},
@@ -381,14 +385,14 @@ def print_case(c: dict[str, Any]) -> None:
         f" cost ({c['batch_g_seconds'] * 1e6:.0f} µs for {ROWS} rows), ≥ {c['floor_ratio_time']}"
     )
     oa, ta = c["runs"]["ours_anderson"], c["runs"]["td_anderson_best"]
-    tail = oa["extra"]["us_per_tail_tick"]
+    tail = oa["extra"]["us_per_tail_step"]
     print(
-        f"  time: our anderson ran {oa['extra']['ticks']} ticks (= its slowest row) at "
-        f"{oa['extra']['us_per_tick']:.0f} µs/tick mean, {oa['extra']['tail_ticks']} of them with "
-        f"≤ {TAIL_ROWS} rows at "
+        f"  time: our anderson ran {oa['extra']['steps']} batch steps (= its slowest row) in "
+        f"{oa['extra']['runs']} runs at {oa['extra']['us_per_step']:.0f} µs/step mean, "
+        f"{oa['extra']['tail_steps']} of them over ≤ {TAIL_ROWS} slots at "
         f"{'-' if tail is None else f'{tail:.0f}'} µs; theirs {ta['evals_max']} batch G-calls at "
         f"{ta['extra'].get('us_per_call', math.nan):.0f} µs each "
-        f"(ticks/calls {c['ratio_ticks_vs_torchdeq_calls']})"
+        f"(steps/calls {c['ratio_steps_vs_torchdeq_calls']})"
     )
     cells = []
     for g in (dict(zip(c["grid"]["columns"], r, strict=True)) for r in c["grid"]["rows"]):
