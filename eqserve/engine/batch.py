@@ -13,6 +13,8 @@ norms ignore the padding and the batch (`invariant.residuals`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from eqserve.engine.job import Resume, SolveJob
@@ -26,8 +28,14 @@ from eqserve.solvers import SolverState
 class Batch:
     """One model's batch; slot i of every tensor and list is the scheduler's slot i."""
 
-    def __init__(self, model: ImplicitModel, invariant: bool = False) -> None:
+    def __init__(
+        self,
+        model: ImplicitModel,
+        invariant: bool = False,
+        step: Callable[[torch.Tensor, Ctx], torch.Tensor] | None = None,
+    ) -> None:
         self.model = model
+        self.step = step or model.step
         self.device = model.device()
         self.invariant = invariant
         self.rowwise = invariant and not type(model).batch_invariant
@@ -54,17 +62,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.iters)
 
-    def g(self, y: torch.Tensor) -> torch.Tensor:
-        """G(y) of the whole batch, flat, zero outside each row's own entries."""
+    def g(self, y: torch.Tensor, masked: bool = True) -> torch.Tensor:
+        """G(y) of the whole batch, flat, zero outside each row's own entries (`masked`; else the
+        caller applies `mask`)."""
         if self.rowwise:
             rows = [self.row(y, i, s) for i, s in enumerate(self.shapes)]
             return pack([self.model.step(r, c) for r, c in zip(rows, self.own, strict=True)], self.shape)
         with invariant.mode(self.invariant):
             if len(self.shape) == 1:  # the flat batch is already (B, n): no view and reshape a step
-                gy = self.model.step(y, self.ctx)
+                gy = self.step(y, self.ctx)
             else:
-                gy = self.model.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
-        return gy if self.mask is None else torch.where(self.mask, gy, 0.0)
+                gy = self.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
+        return gy if self.mask is None or not masked else torch.where(self.mask, gy, 0.0)
 
     def residuals(self, y: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row abs and rel residuals (`reference.residuals`; padding- and batch-proof when invariant)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Literal
 
@@ -24,7 +25,7 @@ from eqserve.engine.observer import EngineObserver, NullObserver
 from eqserve.engine.scheduler import POLICIES, Row, Scheduler
 from eqserve.kernels.dispatch import Backend
 from eqserve.kernels.reference import Stop
-from eqserve.models.base import ImplicitModel
+from eqserve.models.base import Ctx, ImplicitModel
 from eqserve.models.padding import unpack
 from eqserve.service.arrays import encode_state
 
@@ -34,7 +35,8 @@ Batching = Literal["continuous", "static"]
 
 
 class Engine:
-    """The batching worker of one model, fed by `submit` from any thread."""
+    """The batching worker of one model, fed by `submit` from any thread; `step` stands in for the
+    model's step where given (a compiled one)."""
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class Engine:
         backend: Backend = "torch",
         torch_threads: int = 0,
         batch_invariant: bool = False,
+        step: Callable[[torch.Tensor, Ctx], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.name = model.name
@@ -54,7 +57,7 @@ class Engine:
         self.batching = batching
         self.policy = POLICIES[batching]()
         self.scheduler = Scheduler(model.name, max_batch_rows, max_queue, self.policy)
-        self.batch = Batch(model, batch_invariant)
+        self.batch = Batch(model, batch_invariant, step)
         self.observer: EngineObserver = NullObserver()
         self._runner: runner.StepRunner = runner.HostRunner(backend)
         self._thread: threading.Thread | None = None

@@ -10,6 +10,8 @@ they are retired once the run is over). What comes back is one `RunOut`.
   left or a newcomer waits (`interrupt`).
 - `DeviceRunner`, for accelerators: the decisions stay on the device (`decide`), stopped rows are
   frozen there, and the run reads back once at its end.
+- `EpilogueRunner`: the device runner whose step is any model's G-step followed by the fused solver
+  epilogue (damping, residuals, decision, frozen rows in one Triton launch);
 - `DenseRunner`: the device runner whose whole step is the dense family's fused Triton kernel.
 
 `choose` picks one when a batch is built, never per step.
@@ -24,9 +26,12 @@ from typing import Protocol
 import torch
 
 from eqserve.engine.batch import Batch
-from eqserve.kernels.dispatch import Backend, dense_picard_step
+from eqserve.kernels.dispatch import Backend, dense_picard_step, solver_epilogue
 from eqserve.kernels.reference import Stop, decide, decide_row
 from eqserve.models.base import ImplicitModel
+
+Advanced = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""One device step: the new state (frozen rows unchanged), abs and rel residuals, stop codes."""
 
 
 @dataclass
@@ -101,16 +106,17 @@ class DeviceRunner:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def step(self, batch: Batch, y: torch.Tensor, c: _Counts) -> tuple[torch.Tensor, ...]:
-        """One step of the batch: (y_next, abs, rel, code), with c's iters and first_res advanced."""
+    def advance(self, batch: Batch, y: torch.Tensor, c: _Counts, going: torch.Tensor) -> Advanced:
+        """One step of the rows `going` (the others frozen): (y, abs, rel, code), c's counts advanced."""
         assert batch.solver is not None
         gy = batch.g(y)
         abs_res, rel_res = batch.residuals(y, gy)
         y_next = batch.solver.update(y, gy, self.backend)
-        c.iters = c.iters + 1
-        c.first = torch.where(c.iters == 1, abs_res.double(), c.first)
-        code = decide(abs_res, rel_res, y_next, c.first, c.iters, c.max_iters, c.tol, c.rel_mode)
-        return y_next, abs_res, rel_res, code
+        iters = c.iters + 1
+        first = torch.where(iters == 1, abs_res.double(), c.first)
+        code = decide(abs_res, rel_res, y_next, first, iters, c.max_iters, c.tol, c.rel_mode)
+        c.iters, c.first = torch.where(going, iters, c.iters), torch.where(going, first, c.first)
+        return torch.where(going.unsqueeze(1), y_next, y), abs_res, rel_res, code
 
     def run(self, batch: Batch, k: int, active: list[int], interrupt: Callable[[], bool]) -> RunOut:
         """k steps (a device cannot end a run early without reading back)."""
@@ -123,11 +129,7 @@ class DeviceRunner:
         stop_step = torch.zeros(len(batch), dtype=torch.long, device=y.device)
         logs = []
         for step in range(1, k + 1):
-            before = (c.iters, c.first)
-            y_next, abs_res, rel_res, code = self.step(batch, y, c)
-            c.iters = torch.where(going, c.iters, before[0])  # frozen rows keep their counts and state
-            c.first = torch.where(going, c.first, before[1])
-            y = torch.where(going.unsqueeze(1), y_next, y)
+            y, abs_res, rel_res, code = self.advance(batch, y, c, going)
             stopped = going & (code != Stop.RUNNING)
             stop_code = torch.where(stopped, code, stop_code)
             stop_step = torch.where(stopped, step, stop_step)
@@ -143,24 +145,39 @@ class DeviceRunner:
             if codes[i]:
                 out.stops.append((i, Stop(codes[i]), steps[i]))
                 out.final[i] = y[i : i + 1]
-        out.stops.sort(key=lambda s: s[0])
         return out
+
+
+class EpilogueRunner(DeviceRunner):
+    """The device runner for a Picard batch of any model: after the model's step, damping, residuals,
+    counts, decision and freezing are one fused solver epilogue."""
+
+    def advance(self, batch: Batch, y: torch.Tensor, c: _Counts, going: torch.Tensor) -> Advanced:
+        """The model's step, then the epilogue."""
+        assert batch.solver is not None
+        zero = torch.zeros(len(batch), device=y.device)
+        o = solver_epilogue(
+            y, batch.g(y, masked=False), batch.mask, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters,
+            c.first, torch.zeros_like(c.iters), zero, zero, going, self.backend,
+        )  # fmt: skip
+        c.iters, c.first = o.iters, o.first_res
+        return o.y, o.abs_res, o.rel_res, o.code
 
 
 class DenseRunner(DeviceRunner):
     """The device runner for a Picard batch of a model with a `dense_form`: step, residuals, update and
     decision are one fused kernel."""
 
-    def step(self, batch: Batch, y: torch.Tensor, c: _Counts) -> tuple[torch.Tensor, ...]:
-        """One fused step."""
+    def advance(self, batch: Batch, y: torch.Tensor, c: _Counts, going: torch.Tensor) -> Advanced:
+        """One fused step; the rows not going keep their state and counts."""
         dense = batch.model.dense_form(batch.ctx)
         assert dense is not None and batch.solver is not None
         o = dense_picard_step(
             y, *dense, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters, c.first, self.backend,
             invariant=batch.invariant,
         )  # fmt: skip
-        c.iters, c.first = o.iters, o.first_res
-        return o.y, o.abs_res, o.rel_res, o.code
+        c.iters, c.first = torch.where(going, o.iters, c.iters), torch.where(going, o.first_res, c.first)
+        return torch.where(going.unsqueeze(1), o.y, y), o.abs_res, o.rel_res, o.code
 
 
 @dataclass
@@ -186,11 +203,16 @@ class _Counts:
 
 
 def choose(model: ImplicitModel, batch: Batch, backend: Backend) -> StepRunner:
-    """The runner for this batch: the fused dense step for Picard batches of a dense-family model on
-    the Triton backend, the device runner on an accelerator, the host runner on a CPU."""
+    """The runner for this batch. On the Triton backend, Picard batches run fused: the whole step for
+    a dense-family model, the solver epilogue after any other model's step (not in batch-invariant
+    mode, whose residual norms the epilogue does not take). Otherwise the device runner on an
+    accelerator, the host runner on a CPU."""
     picard_only = batch.solver is not None and batch.solver.X is None
-    if backend == "triton" and picard_only and model.dense_form(batch.ctx) is not None:
-        return DenseRunner(backend)
+    if backend == "triton" and picard_only:
+        if model.dense_form(batch.ctx) is not None:
+            return DenseRunner(backend)
+        if not batch.invariant and not batch.rowwise:
+            return EpilogueRunner(backend)
     if batch.device.type != "cpu":
         return DeviceRunner(backend)
     return HostRunner(backend)

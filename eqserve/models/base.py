@@ -93,6 +93,9 @@ class ImplicitModel(nn.Module):
     """Whether `step` gives each row the same bits whatever shares its batch while
     `eqserve.kernels.invariant.enabled()` (batch-invariant mode); without it that mode steps rows one
     at a time."""
+    compile_step: ClassVar[bool] = False
+    """Whether `step` is known to run faster under torch.compile: `--compile-step auto` compiles the
+    steps of the models that say so."""
 
     def encode(self, inp: BaseModel) -> Ctx:
         """Everything that depends on the input alone, computed once per request (one row)."""

@@ -52,6 +52,13 @@ class Settings:
             "slowest row"
         },
     )
+    compile_step: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "models (comma-separated, *, or auto: those that declare a gain) whose step runs under "
+            "torch.compile, compiled at load (seconds to a minute a model), never on a request"
+        },
+    )
     batch_invariant: list[str] = field(
         default_factory=list,
         metadata={

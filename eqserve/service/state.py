@@ -15,6 +15,7 @@ import torch
 from eqserve.engine.core import Engine
 from eqserve.engine.errors import EngineClosed, QueueFull
 from eqserve.engine.job import SolveJob
+from eqserve.kernels.compiled import compiled_step
 from eqserve.kernels.dispatch import select_backend
 from eqserve.models.base import ImplicitModel, ModelMeta
 from eqserve.models.registry import ModelLoadError, ModelSource, from_directory, repository, resolve
@@ -91,6 +92,8 @@ class ServerState:
     def _serve(self, model: ImplicitModel, source: ModelSource | None = None) -> Served:
         """Start a worker for `model`."""
         meta = model.meta()
+        chosen = set(self.settings.compile_step)
+        compile_it = bool({model.name, "*"} & chosen) or ("auto" in chosen and type(model).compile_step)
         engine = Engine(
             model,
             max_batch_rows=self.settings.max_batch_rows,
@@ -99,6 +102,7 @@ class ServerState:
             backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
             torch_threads=self.settings.torch_threads,
             batch_invariant=bool({model.name, "*"} & set(self.settings.batch_invariant)),
+            step=compiled_step(model, self.settings.max_batch_rows) if compile_it else None,
         )
         self.metrics.observe(engine)
         engine.start()

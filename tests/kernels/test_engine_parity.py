@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("pydantic", reason="the models need pydantic (the GPU image lacks it unless carried)")
 
-from eqserve.kernels.dispatch import select_backend
-from eqserve.models.deq_mlp.model import DeqMLP
 from eqserve.engine.core import Engine
 from eqserve.engine.job import SolveJob, SolveResult
+from eqserve.kernels.dispatch import select_backend
+from eqserve.models.deq_mlp.model import DeqMLP
 
 
 def small_deq(hidden: int = 24, norm: float = 0.8) -> DeqMLP:
@@ -69,3 +69,34 @@ def test_auto_picks_torch_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: auto picks Triton here")
     assert select_backend("auto", "cpu", True) == "torch"
+
+
+def test_the_solver_epilogue_serves_any_models_picard_rows_as_the_torch_path_does() -> None:
+    """On the Triton backend a model without a dense form runs its step, then the fused epilogue."""
+    from eqserve.engine.runner import EpilogueRunner
+    from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
+
+    model = Reciprocal()
+    specs = [([0.5, 0.25, 1.5], 1e-9, 300), ([0.8], 1e-4, 300), ([0.01, 0.02], 0.0, 7)]
+    specs.append(([0.3, 0.9], 1e-11, 300))
+
+    def solve(backend: str) -> tuple[list[SolveResult], object]:
+        engine = Engine(model, backend=backend)  # type: ignore[arg-type]
+        futures = []
+        for x, tol, max_iters in specs:
+            ctx = model.encode(ReciprocalInput(x=x))
+            y0 = model.init(ctx)
+            futures.append(engine.submit(SolveJob(str(x), ctx, y0, max_iters, tol, return_state=True)))
+        engine.start()
+        try:
+            return [f.result(120) for f in futures], engine._runner
+        finally:
+            engine.stop()
+
+    (fused, runner), (plain, _) = solve("triton"), solve("torch")
+    assert isinstance(runner, EpilogueRunner)
+    want = ["converged", "converged", "max_iters", "converged"]
+    assert [r.status for r in fused] == [r.status for r in plain] == want
+    assert [r.iterations for r in fused] == [r.iterations for r in plain]
+    for f, p in zip(fused, plain, strict=True):
+        torch.testing.assert_close(torch.tensor(f.state), torch.tensor(p.state), rtol=1e-12, atol=1e-12)

@@ -158,6 +158,7 @@ class Deblur(ImplicitModel):
     Input = DeblurInput
     Output = DeblurOutput
     defaults = {"max_iters": 64, "tol": 1e-3, "stop_mode": "abs"}  # noqa: RUF012
+    compile_step = True  # convolutions and pointwise work that inductor fuses (bench/compile_step.py)
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
