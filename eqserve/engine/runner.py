@@ -155,10 +155,10 @@ class EpilogueRunner(DeviceRunner):
     def advance(self, batch: Batch, y: torch.Tensor, c: _Counts, going: torch.Tensor) -> Advanced:
         """The model's step, then the epilogue."""
         assert batch.solver is not None
-        zero = torch.zeros(len(batch), device=y.device)
+        zero, gy = torch.zeros(len(batch), device=y.device), batch.g(y, masked=False)
         o = solver_epilogue(
-            y, batch.g(y, masked=False), batch.mask, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters,
-            c.first, torch.zeros_like(c.iters), zero, zero, going, self.backend,
+            y, gy, batch.mask, batch.solver.beta, c.tol, c.rel_mode, c.iters, c.max_iters, c.first,
+            torch.zeros_like(c.iters), zero, zero, going, self.backend,
         )  # fmt: skip
         c.iters, c.first = o.iters, o.first_res
         return o.y, o.abs_res, o.rel_res, o.code
