@@ -68,12 +68,17 @@ class Batch:
         if self.rowwise:
             rows = [self.row(y, i, s) for i, s in enumerate(self.shapes)]
             return pack([self.model.step(r, c) for r, c in zip(rows, self.own, strict=True)], self.shape)
-        with invariant.mode(self.invariant):
-            if len(self.shape) == 1:  # the flat batch is already (B, n): no view and reshape a step
-                gy = self.step(y, self.ctx)
-            else:
-                gy = self.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
+        if self.invariant:
+            with invariant.mode(True):
+                gy = self._g(y)
+        else:
+            gy = self._g(y)
         return gy if self.mask is None or not masked else torch.where(self.mask, gy, 0.0)
+
+    def _g(self, y: torch.Tensor) -> torch.Tensor:
+        if len(self.shape) == 1:  # the flat batch is already (B, n): no view and reshape a step
+            return self.step(y, self.ctx)
+        return self.step(y.view(y.shape[0], *self.shape), self.ctx).reshape(y.shape)
 
     def residuals(self, y: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row abs and rel residuals (`reference.residuals`; padding- and batch-proof when invariant)."""
