@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The kernels' GPU check in one go, within 8 minutes: the CUDA kernel tests,
-# then the large-n configuration sweep (bench/kernel_configs.py), then bench/kernels.py.
+# The kernels' GPU check in one go, within 10 minutes: the CUDA kernel tests,
+# then the large-n configuration sweep (bench/kernel_configs.py), bench/kernels.py and the
+# engine against the graph runner (bench/engine_gpu.py).
 # Needs torch, Triton and pytest only (the root tests/conftest.py, which needs the server's
 # packages, is cut off with --confcutdir). Logs and JSON go to $OUT when it is set, else /tmp/eqserve-gpu-check/.
 #
@@ -34,5 +35,10 @@ tail -n 1 "$out/configs.log" > "$out/configs.json"
 
 timeout 170 "$py" bench/kernels.py --budget-s 120 2>&1 | tee "$out/bench.log" || status=1
 tail -n 1 "$out/bench.log" > "$out/bench.json"
+
+# The engine against the graph runner's closed-batch solve (needs the carried wheels: the models
+# import pydantic).
+timeout 90 "$py" bench/engine_gpu.py 2>&1 | tee "$out/engine_gpu.log" || status=1
+tail -n 1 "$out/engine_gpu.log" > "$out/engine_gpu.json"
 
 exit $status
