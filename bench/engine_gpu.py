@@ -50,8 +50,9 @@ def main() -> int:
     b, n, dev = len(ctxs), w.shape[0], w.device
     solve = dense_solver(w, "triton")
     y0 = torch.zeros(b, n, device=dev)
-    args_ = (inj, torch.ones(b, 1, device=dev), torch.full((b,), -1.0, dtype=torch.float64, device=dev),
-             torch.zeros(b, dtype=torch.bool, device=dev), torch.full((b,), args.iters, device=dev))  # fmt: skip
+    never = torch.full((b,), -1.0, dtype=torch.float64, device=dev)
+    budget = torch.full((b,), args.iters, device=dev)
+    args_ = (inj, torch.ones(b, 1, device=dev), never, torch.zeros(b, dtype=torch.bool, device=dev), budget)
 
     def closed() -> float:
         torch.cuda.synchronize()
