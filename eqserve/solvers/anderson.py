@@ -33,9 +33,22 @@ system stays solvable with a relative ridge far below fp32's resolution."""
 
 
 def gram(hist: torch.Tensor) -> torch.Tensor:
-    """The Gram matrix (B, M, M), fp64, of the f-halves of a history (B, M, 2n) [x-half | f-half]."""
-    f = hist[:, :, hist.shape[2] // 2 :].to(GRAM_DTYPE)
-    return torch.bmm(f, f.mT)
+    """The Gram matrix (B, M, M) of the f-halves of a history (B, M, 2n) [x-half | f-half], as
+    `record` keeps it, two columns per product: a recomputed Gram then holds the kept one's values
+    bitwise (a square product takes another BLAS path, which rounds differently)."""
+    f = hist[:, :, hist.shape[2] // 2 :]
+    slots = f.shape[1]
+    cols = [dots(f, torch.stack([f[:, j], f[:, min(j + 1, slots - 1)]], 2)) for j in range(0, slots, 2)]
+    return torch.cat(cols, 2)[:, :, :slots].contiguous()  # the kernels update it in place
+
+
+def dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The batched product a @ b, b (B, n, 2), as the Gram keeps dot products: in fp32 or wider (bf16
+    histories), stored in GRAM_DTYPE. Two columns is the shape every dot product of the solvers
+    takes: its rounding depends neither on the rows' count nor on zero padding past a row's entries
+    (a sum's or a matrix-vector product's does), so a row's values are those it has alone."""
+    acc = torch.promote_types(a.dtype, torch.float32)
+    return torch.bmm(a.to(acc), b.to(acc)).to(GRAM_DTYPE)
 
 
 def record(
@@ -59,12 +72,10 @@ def record(
     diff = new - flat.index_select(0, rows + prev) if pair is None else pair
     flat.index_copy_(0, rows + prev, diff)
     flat.index_copy_(0, rows + point, new)
-    acc = torch.promote_types(y.dtype, torch.float32)  # bf16 histories: fp32 dot products
-    cols = torch.stack([diff[:, n:], new[:, n:]], 2).to(acc)
-    dots = torch.bmm(hist[:, :, n:].to(acc), cols).to(gram.dtype)  # (B, M, 2)
+    fresh = dots(hist[:, :, n:], torch.stack([diff[:, n:], new[:, n:]], 2))  # (B, M, 2)
     gflat = gram.view(b * slots, slots)
     for i, s in enumerate((prev, point)):  # the point last: it wins where prev == point
-        g = dots[:, :, i]
+        g = fresh[:, :, i]
         gflat.index_copy_(0, rows + s, g)
         gram.scatter_(2, s.view(b, 1, 1).expand(b, slots, 1), g.unsqueeze(2))
 
@@ -92,6 +103,33 @@ def solve(
     chol, info = torch.linalg.cholesky_ex(a)
     gamma = torch.cholesky_solve((s * rhs).unsqueeze(2), chol).squeeze(2).mul_(s)
     return gamma, (info == 0) & (point_weight(gamma, point, ring) < max_weight)  # NaN < w is False
+
+
+def solve_sized(
+    gram: torch.Tensor, point: torch.Tensor, ring: torch.Tensor, sizes: frozenset[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`solve` for a batch whose rows use different numbers of slots: once per size r in `sizes`
+    (known on the host), on the leading r × r block, which holds the whole system of the rows with
+    `ring` r. A row's weights then come from a factorisation of its own size, bitwise as when it runs
+    alone: LAPACK's Cholesky rounds differently with the matrix's size, identity padding or not.
+    Rows whose ring is not in `sizes` get the first size's weights: none on a Picard row (it has no
+    difference slot), meaningless ones on a Broyden row (it takes its own)."""
+    slots = gram.shape[1]
+    out: tuple[torch.Tensor, torch.Tensor] | None = None
+    for r in sorted(sizes, reverse=True):  # the batch's own slots first, if a row has them all
+        if r == slots:
+            gamma, ok = solve(gram, point, ring)
+        else:
+            gamma, ok = solve(gram[:, :r, :r], point.clamp(max=r - 1), ring.clamp(max=r))
+            gamma = torch.nn.functional.pad(gamma, (0, slots - r))
+        if out is not None:
+            own = ring == r
+            gamma, ok = torch.where(own.unsqueeze(1), gamma, out[0]), torch.where(own, ok, out[1])
+        out = gamma, ok
+    if out is None:
+        dtype = torch.promote_types(gram.dtype, torch.float32)
+        return gram.new_zeros(gram.shape[:2], dtype=dtype), point.new_ones(point.shape, dtype=torch.bool)
+    return out
 
 
 def point_weight(gamma: torch.Tensor, point: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:

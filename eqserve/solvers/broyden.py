@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from eqserve.solvers.anderson import MAX_WEIGHT
+from eqserve.solvers.anderson import MAX_WEIGHT, dots
 
 DENOMINATOR_EPS = 1e-12
 """An update with |vᵀΔg| ≤ this × ‖v‖‖Δg‖ is dropped: its direction is nearly orthogonal to Δg."""
@@ -30,6 +30,11 @@ def _combine(hist: torch.Tensor, wx: torch.Tensor, wf: torch.Tensor) -> torch.Te
     return torch.bmm(w, hist.view(b, 2 * slots, two_n // 2)).view(b, -1)
 
 
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[[aᵀa, aᵀb], [bᵀa, bᵀb]] (B, 2, 2) per row of a, b (B, n), by `dots`."""
+    return dots(torch.stack([a, b], 1), torch.stack([a, b], 2))
+
+
 def pair(y: torch.Tensor, gy: torch.Tensor, hist: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """The new update (u | v) (B, 2n) of every row from the previous point in slot `prev` and the
     updates in the other slots; zero where the update is dropped."""
@@ -39,13 +44,16 @@ def pair(y: torch.Tensor, gy: torch.Tensor, hist: torch.Tensor, prev: torch.Tens
     last = hist.view(b * slots, two_n).index_select(0, rows + prev)
     dx, dg = y - last[:, :n], (gy - y) - last[:, n:]
     updates = (torch.arange(slots, device=y.device) != prev.unsqueeze(1)).to(y.dtype)  # not the point
-    vdg = torch.bmm(hist[:, :, n:], dg.unsqueeze(2)).squeeze(2) * updates  # vⱼᵀ Δg
-    udx = torch.bmm(hist[:, :, :n], dx.unsqueeze(2)).squeeze(2) * updates  # uⱼᵀ Δx
+    # rows 2j, 2j + 1 of the view are u_j, v_j: column 0 holds uⱼᵀ Δx, column 1 vⱼᵀ Δg
+    both = dots(hist.view(b, 2 * slots, n), torch.stack([dx, dg], 2)).to(y.dtype).view(b, slots, 2, 2)
+    vdg = both[:, :, 1, 1] * updates
+    udx = both[:, :, 0, 0] * updates
     h_dg = _combine(hist, vdg, torch.zeros_like(vdg)) - dg  # H Δg
     v = _combine(hist, torch.zeros_like(udx), udx) - dx  # Hᵀ Δx
-    den = (v * dg).sum(1, keepdim=True)
+    cross = _cross(v, dg)
+    den = cross[:, 0, 1:].to(y.dtype)
     u = (dx - h_dg) / den
-    ok = den.abs() > DENOMINATOR_EPS * v.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+    ok = cross[:, 0, 1:].abs() > DENOMINATOR_EPS * (cross[:, 0, :1] * cross[:, 1, 1:]).sqrt()
     new = torch.cat([u, v], 1)
     ok &= new.isfinite().all(1, keepdim=True)
     return torch.where(ok, new, torch.zeros_like(new))
@@ -61,7 +69,6 @@ def weights(gram: torch.Tensor, point: torch.Tensor, beta: torch.Tensor) -> torc
 
 def sound(y: torch.Tensor, gy: torch.Tensor, y_next: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """(B, 1) True where Broyden's step is finite and at most MAX_WEIGHT times the Picard step."""
-    acc = torch.promote_types(y.dtype, torch.float32)
-    step = torch.linalg.vector_norm((y_next - y).to(acc), dim=1, keepdim=True)
-    picard_step = torch.linalg.vector_norm((gy - y).to(acc), dim=1, keepdim=True) * beta.to(acc)
+    cross = _cross(y_next - y, gy - y)
+    step, picard_step = cross[:, 0, :1].sqrt(), cross[:, 1, 1:].sqrt() * beta.to(cross.dtype)
     return step <= MAX_WEIGHT * picard_step  # NaN fails

@@ -32,7 +32,9 @@ class SolverState:
     While a row of the batch keeps a history, `hist` (B, M, 2n) is a ring of M slots of two halves
     of n entries: slot `count % m` holds the newest point (x, G(x) − x), the others the method's
     history (zero where unwritten); `gram` (B, M, M) fp64 holds the dot products of the slots'
-    second halves, kept a row and a column per written slot.
+    second halves, kept a row and a column per written slot. `rings` holds the slot counts of the
+    Anderson rows the batch may hold (known on the host): their weights are solved once per count,
+    at that size, so that a row's rounding does not depend on its mates.
     """
 
     beta: torch.Tensor
@@ -42,6 +44,7 @@ class SolverState:
     any_broyden: bool = False
     hist: torch.Tensor | None = None
     gram: torch.Tensor | None = None
+    rings: frozenset[int] = frozenset()
 
     @staticmethod
     def new(
@@ -59,6 +62,7 @@ class SolverState:
             count=torch.zeros(len(m), dtype=torch.long, device=dev),
             broyden=torch.tensor(is_b, dtype=torch.bool, device=dev),
             any_broyden=any(is_b),
+            rings=_rings(m, is_b),
         )
         if max(m) > 0:
             state.hist = like.new_zeros(len(m), max(m), 2 * like.shape[1])
@@ -81,6 +85,7 @@ class SolverState:
             self.any_broyden,
             None if hist is None else hist.index_select(0, idx),
             None if gram is None else gram.index_select(0, idx),
+            self.rings,
         )
 
     def restart(
@@ -92,6 +97,7 @@ class SolverState:
         if method:
             m = m.masked_fill(torch.tensor([x == "picard" for x in method], device=m.device), 0)
         m = torch.where(m > 0, (m + 1).clamp(max=_slots(self)), 0)
+        self.rings |= _rings(m.tolist(), is_b)
         self.beta.index_copy_(0, idx, beta)
         self.m.index_copy_(0, idx, m)
         self.count.index_fill_(0, idx, 0)
@@ -114,6 +120,7 @@ class SolverState:
             self.any_broyden or other.any_broyden,
             None if parts is None else torch.cat([p[0] for p in parts]),
             None if parts is None else torch.cat([p[1] for p in parts]),
+            self.rings | other.rings,
         )
 
     def fit(self, old: Shape, new: Shape) -> SolverState:
@@ -125,7 +132,9 @@ class SolverState:
         halves = self.hist.reshape(b, slots, 2, -1)
         hist = refit(halves, old, new).reshape(b, slots, -1)
         gram = anderson.gram(hist)
-        return SolverState(self.beta, self.m, self.count, self.broyden, self.any_broyden, hist, gram)
+        return SolverState(
+            self.beta, self.m, self.count, self.broyden, self.any_broyden, hist, gram, self.rings
+        )
 
     def _padded(self, slots: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(hist, gram) with `slots` history slots of `width` entries: zeros where self has none."""
@@ -155,7 +164,7 @@ class SolverState:
             anderson.record(y, gy, hist, gram, prev, point, pair)
         else:
             anderson.record_on(backend, y, gy, hist, gram, prev, point)
-        gamma, ok = anderson.solve(gram, point, ring)
+        gamma, ok = anderson.solve_sized(gram, point, ring, self.rings)
         gamma = torch.where(ok.unsqueeze(1), gamma, 0.0)
         wx, wf = gamma, gamma * self.beta.to(gamma.dtype)
         if not self.any_broyden:
@@ -174,6 +183,11 @@ def _slots_of(m: list[int], method: list[str] | None) -> list[int]:
     if len(method) != len(m) or not set(method) <= set(METHODS):
         raise ValueError(f"method must be one of {METHODS} per row, got {method}")
     return [0 if x == "picard" or k <= 0 else k + 1 for k, x in zip(m, method, strict=True)]
+
+
+def _rings(slots: list[int], is_broyden: list[bool]) -> frozenset[int]:
+    """The slot counts of the Anderson rows among rows with `slots` each (0 on Picard's)."""
+    return frozenset(k for k, b in zip(slots, is_broyden, strict=True) if k > 0 and not b)
 
 
 def _slots(s: SolverState) -> int:
