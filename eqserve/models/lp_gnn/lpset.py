@@ -8,6 +8,7 @@ from torch import nn
 
 from eqserve.models.lp_gnn.data import LP
 from eqserve.models.lp_gnn.graph import Graph, lp_errors, lp_graph, union
+from eqserve.models.lp_gnn.networks import ImplicitGNN
 
 
 class LpSet:
@@ -26,8 +27,11 @@ class LpSet:
 
 
 def predict(net: nn.Module, g: Graph, iters: int | None) -> torch.Tensor:
-    """The prediction in scaled units: one pass, or z_T of the implicit net."""
-    return net(g) if iters is None else net.unroll(g, iters)
+    """The prediction in scaled units: the explicit net's one pass; the implicit net's z_T, or with
+    `iters` None its fixed point (Picard to the served default, `rel` 1e-4)."""
+    if not isinstance(net, ImplicitGNN):
+        return net(g)
+    return net.fixed_point(g)[0] if iters is None else net.unroll(g, iters)
 
 
 def errors(net: nn.Module, data: LpSet, iters: int | None, batch: int = 500) -> torch.Tensor:

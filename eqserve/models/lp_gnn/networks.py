@@ -1,10 +1,17 @@
-"""The explicit GNN of Chen et al. (2023) and its implicit counterpart G(y, x) (Liu et al. 2026).
+"""The explicit GNN of Chen et al. (2023) and its implicit counterpart G(z, x) (Liu et al. 2026).
 
-Parameter counts are the paper's: explicit 29d² + 29d, implicit 29d² + 59d + 22, counted as Keras'
-count_params counts them (Chen et al.'s code is Keras), BatchNorm's running mean and variance
-included. The implicit net is the explicit trunk with y as a fourth variable feature, BatchNorm on
-the raw features (2 + 3) and after each of its 7 hidden layers, and a head that reads each
-variable's embedding together with its current y.
+Both follow the paper's code (IMP-Power, gnn-lp/models_gnn.py), so the parameter counts are the
+paper's: explicit 29d² + 29d, implicit 29d² + 59d + 22, all trainable, no normalisation layers.
+The implicit net embeds the LP once, runs four half-convolutions over variable embeddings that carry
+the state z as one extra column, reads a scalar per variable off them, and a head maps [embedding,
+scalar] to the new z, so the state is the solution estimate itself.
+
+Unlike the paper's, G is normalised to a contraction in z: z enters scaled by a gain μ / L, L the
+spectral norm of ∂G/∂(gain·z) measured by power iteration on the actual graph operator at the
+training fixed points (tracked while training, then the largest over the training set; a buffer,
+frozen when serving). A bound from
+the weights' norms alone is a product over a dozen layers, loose enough that the gain it allows
+leaves z almost unused; the measured norm is what Picard iteration actually sees.
 """
 
 from __future__ import annotations
@@ -18,77 +25,156 @@ from eqserve.models.lp_gnn.graph import Graph
 
 CONS_FEATURES, VAR_FEATURES = 2, 3
 
+MU = 0.8
+"""The norm of ∂G/∂z the gain is set to at the training fixed points: nearer 1 lets z matter more and
+converges slower; the margin below 1 covers LPs and iterates where the local norm is larger."""
 
-def _norm(width: int, on: bool) -> nn.Module:
-    return nn.BatchNorm1d(width) if on else nn.Identity()
+FD_STEP = 1e-3
+"""Length of the difference quotient's step, in scaled units (solutions are O(1) there)."""
+
+Embedding = tuple[torch.Tensor, torch.Tensor]
+"""(constraint embeddings, variable embeddings) of an LP graph: what G needs of x."""
 
 
-class Trunk(nn.Module):
-    """Node embeddings, then four half-convolutions (v→c, c→v, v→c, c→v), each followed by ReLU."""
+def _orthogonal(module: nn.Module) -> None:
+    """Orthogonal weights and zero biases, as the paper's code initialises every layer."""
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
-    def __init__(self, d: int, with_state: bool, norm: bool) -> None:
-        super().__init__()
-        self.cons_in, self.var_in = _norm(CONS_FEATURES, norm), _norm(VAR_FEATURES, norm)
-        self.cons_emb = nn.Linear(CONS_FEATURES, d)
-        self.var_emb = nn.Linear(VAR_FEATURES + int(with_state), d)
-        self.convs = nn.ModuleList(HalfConv(d, to_constraints=k % 2 == 0) for k in range(4))
-        self.norms = nn.ModuleList(_norm(d, norm) for _ in range(6))
 
-    def forward(self, g: Graph, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Variable embeddings (N, d); z (N,), if given, is appended to the variable features."""
-        var = self.var_in(g.var)
-        if z is not None:
-            var = torch.cat([var, z[:, None]], dim=1)
-        h_cons = F.relu(self.norms[0](self.cons_emb(self.cons_in(g.cons))))
-        h_var = F.relu(self.norms[1](self.var_emb(var)))
-        for conv, norm in zip(self.convs, self.norms[2:], strict=True):
-            if conv.to_constraints:
-                h_cons = F.relu(norm(conv(h_cons, h_var, g)))
-            else:
-                h_var = F.relu(norm(conv(h_cons, h_var, g)))
-        return h_var
+def _convs(d_cons: int, d_var: int) -> nn.ModuleList:
+    """Four half-convolutions: v→c, c→v, v→c, c→v."""
+    return nn.ModuleList(HalfConv(d_cons, d_var, to_constraints=k % 2 == 0) for k in range(4))
+
+
+def _propagate(convs: nn.ModuleList, g: Graph, h_cons: torch.Tensor, h_var: torch.Tensor) -> torch.Tensor:
+    """The variable embeddings after the four half-convolutions, each followed by ReLU."""
+    for conv in convs:
+        if conv.to_constraints:
+            h_cons = F.relu(conv(h_cons, h_var, g))
+        else:
+            h_var = F.relu(conv(h_cons, h_var, g))
+    return h_var
 
 
 class ExplicitGNN(nn.Module):
-    """x ↦ ŷ in one pass: the trunk, then a per-variable head d → d → 1."""
+    """x ↦ ŷ in one pass: embeddings, four half-convolutions, then a per-variable head d → d → 1."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
-        self.trunk = Trunk(d, with_state=False, norm=False)
+        self.cons_emb = nn.Linear(CONS_FEATURES, d)
+        self.var_emb = nn.Linear(VAR_FEATURES, d)
+        self.convs = _convs(d, d)
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1, bias=False))
+        self.apply(_orthogonal)
 
     def forward(self, g: Graph) -> torch.Tensor:
         """The predicted solution (N,) in units of each LP's scale s."""
-        return self.head(self.trunk(g)).squeeze(1)
+        h_cons, h_var = F.relu(self.cons_emb(g.cons)), F.relu(self.var_emb(g.var))
+        return self.head(_propagate(self.convs, g, h_cons, h_var)).squeeze(1)
 
 
 class ImplicitGNN(nn.Module):
-    """G(z, x): the trunk with z among the variable features, then a head reading [embedding, z]."""
+    """G(z, x), normalised to ‖∂G/∂z‖ ≈ μ < 1; the state, one number per variable, is the solution."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, mu: float = MU) -> None:
         super().__init__()
-        self.trunk = Trunk(d, with_state=True, norm=True)
-        self.hidden = nn.Linear(d + 1, d)
-        self.hidden_norm = nn.BatchNorm1d(d)
-        self.update = nn.Linear(d + 1, 1)
+        self.d = d
+        self.cons_emb = nn.Linear(CONS_FEATURES, d)
+        self.var_emb = nn.Linear(VAR_FEATURES, d)
+        self.convs = _convs(d, d + 1)
+        self.to_y = nn.Linear(d + 1, 1)
+        self.head = nn.Sequential(nn.Linear(d + 1, d), nn.ReLU(), nn.Linear(d, 1, bias=False))
+        self.register_buffer("mu", torch.tensor(float(mu)))
+        self.register_buffer("lip", torch.tensor(1.0))
+        """‖∂F/∂u‖ at the training fixed points, F(u) = G(u / gain): tracked by `calibrate` while training,
+        then set to its largest value over the training set (`train.settle_gain`)."""
+        self.apply(_orthogonal)
+
+    def gain(self) -> torch.Tensor:
+        """μ / L: the factor z is scaled by on entry."""
+        return self.mu / self.lip
+
+    def embed(self, g: Graph) -> Embedding:
+        """The parts of G that depend on x alone, computed once per solve."""
+        return F.relu(self.cons_emb(g.cons)), F.relu(self.var_emb(g.var))
+
+    def step(self, g: Graph, emb: Embedding, z: torch.Tensor) -> torch.Tensor:
+        """z ↦ G(z, x), all (N,) in units of each LP's scale s, given `embed(g)`."""
+        h_cons, h_var = emb
+        h = _propagate(self.convs, g, h_cons, torch.cat([h_var, (self.gain() * z)[:, None]], dim=1))
+        return self.head(torch.cat([h_var, self.to_y(h)], dim=1)).squeeze(1)
 
     def forward(self, g: Graph, z: torch.Tensor) -> torch.Tensor:
-        """One step z ↦ G(z, x), all (N,) in units of each LP's scale s."""
-        zc = z[:, None]
-        h = F.relu(self.hidden_norm(self.hidden(torch.cat([self.trunk(g, z), zc], dim=1))))
-        return self.update(torch.cat([h, zc], dim=1)).squeeze(1)
+        """One step z ↦ G(z, x)."""
+        return self.step(g, self.embed(g), z)
 
     def unroll(self, g: Graph, iters: int) -> torch.Tensor:
         """z_T from z_0 = 0 after `iters` steps."""
+        emb = self.embed(g)
         z = g.var.new_zeros(g.var.shape[0])
         for _ in range(iters):
-            z = self(g, z)
+            z = self.step(g, emb, z)
         return z
+
+    def fixed_point(
+        self, g: Graph, tol: float = 1e-4, max_iters: int = 100
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Picard from z_0 = 0 to tolerance (see `solve`)."""
+        return self.solve(g, self.embed(g), tol, max_iters)
+
+    def solve(
+        self, g: Graph, emb: Embedding, tol: float, max_iters: int, z0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Picard from z0 (default 0) until every LP's ‖G(z) − z‖ / ‖G(z)‖ ≤ tol (the server's `rel`),
+        or max_iters; returns z and each LP's iteration count (max_iters + 1 where it did not get there)."""
+        z = g.var.new_zeros(g.var.shape[0]) if z0 is None else z0
+        iters = torch.full((g.num_lps,), max_iters + 1, dtype=torch.long, device=z.device)
+        for t in range(1, max_iters + 1):
+            gz = self.step(g, emb, z)
+            rel = per_lp_norm(gz - z, g) / (per_lp_norm(gz, g) + 1e-12)
+            iters = torch.where((rel <= tol) & (iters > max_iters), t, iters)
+            z = gz
+            if bool((iters <= max_iters).all()):
+                break
+        return z, iters
+
+    def jacobian_norms(self, g: Graph, emb: Embedding, z: torch.Tensor, iters: int = 3) -> torch.Tensor:
+        """Each LP's ‖∂G/∂z‖₂ at z, by `iters` steps of power iteration on JᵀJ (J is block-diagonal over
+        the LPs of a batch, so every block converges to its own norm at once); a lower estimate. Jv is
+        a difference quotient, exact where G is linear (it is piecewise linear) and cheaper than
+        forward-mode; Jᵀu is a backward pass through one step."""
+        emb = (emb[0].detach(), emb[1].detach())
+        z_in = z.detach().requires_grad_()
+        with torch.enable_grad():
+            out = self.step(g, emb, z_in)
+        v = torch.randn_like(z)
+        norms = z.new_zeros(g.num_lps)
+        for k in range(iters):
+            v = v / per_lp_norm(v, g).clamp_min(1e-30)[g.lp]
+            with torch.no_grad():
+                jv = (self.step(g, emb, z + FD_STEP * v) - out.detach()) / FD_STEP
+            norms = per_lp_norm(jv, g)
+            if k + 1 < iters:
+                (v,) = torch.autograd.grad(out, z_in, jv, retain_graph=k + 2 < iters)
+        return norms
+
+    def calibrate(self, norms: torch.Tensor, decay: float = 0.9) -> None:
+        """Move L toward the largest measured ‖∂F/∂u‖ = ‖∂G/∂z‖ / gain, geometrically (a batch's largest
+        norm varies with its LPs; a gain that jumped with it would make z an unreliable input)."""
+        with torch.no_grad():
+            seen = norms.max() / self.gain()
+            self.lip.copy_(self.lip ** decay * seen ** (1 - decay))
+
+
+def per_lp_norm(x: torch.Tensor, g: Graph) -> torch.Tensor:
+    """‖x restricted to each LP‖ for a per-variable x over a batched graph."""
+    out = x.new_zeros(g.num_lps)
+    return out.index_add_(0, g.lp, x.detach() ** 2).sqrt()
 
 
 def param_count(net: nn.Module) -> int:
-    """Trainable scalars plus BatchNorm's running mean and variance (Keras' count_params)."""
-    stats = sum(
-        b.numel() for name, b in net.named_buffers() if name.endswith(("running_mean", "running_var"))
-    )
-    return sum(p.numel() for p in net.parameters()) + stats
+    """Trainable scalars (the paper's counts are PyTorch's `sum(p.numel())`)."""
+    return sum(p.numel() for p in net.parameters())
