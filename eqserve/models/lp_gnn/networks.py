@@ -9,9 +9,9 @@ scalar] to the new z, so the state is the solution estimate itself.
 Unlike the paper's, G is normalised to a contraction in z: z enters scaled by a gain μ / L, L the
 spectral norm of ∂G/∂(gain·z) measured by power iteration on the actual graph operator at the
 training fixed points (tracked while training, then the largest over the training set; a buffer,
-frozen when serving). A bound from
-the weights' norms alone is a product over a dozen layers, loose enough that the gain it allows
-leaves z almost unused; the measured norm is what Picard iteration actually sees.
+frozen when serving). A bound from the weights' norms alone is a product over a dozen layers, loose
+enough that the gain it allows leaves z almost unused; the measured norm is what Picard iteration
+actually sees.
 """
 
 from __future__ import annotations
