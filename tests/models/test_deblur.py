@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from eqserve.engine.core import Engine
+from eqserve.engine.job import SolveJob
 from eqserve.models.base import run_iterations
 from eqserve.models.check import check_model
 from eqserve.models.deblur.model import HELDOUT_FILE, WEIGHTS_FILE, Deblur, conv_norm
@@ -22,8 +24,6 @@ from eqserve.models.deblur.ops import blur, blur_adjoint, gaussian_kernel, psnr,
 from eqserve.models.deblur.png import decode_png, encode_png
 from eqserve.models.deblur.train import TRAIN_DEPTH
 from eqserve.models.shipped import WEIGHTS_DIR
-from eqserve.engine.core import Engine
-from eqserve.engine.job import SolveJob
 from tests.conftest import make_client
 
 
