@@ -58,6 +58,8 @@ class Batch:
         self.rel_mode: list[bool] = []
         self.own: list[Ctx] = []
         """Each row's own collated context, kept while G steps rows alone."""
+        self.undamped = False
+        """Whether every row is a Picard row with β = 1, so the new state is G(y) itself."""
 
     def __len__(self) -> int:
         return len(self.iters)
@@ -197,6 +199,8 @@ class Batch:
         return [self.model.collate([j.ctx]) for j in jobs] if self.rowwise else []
 
     def _remask(self) -> None:
+        solver = self.solver
+        self.undamped = solver is not None and solver.hist is None and bool(solver.beta.eq(1.0).all())
         mixed = any(s != self.shape for s in self.shapes)
         self.mask = pad_mask(self.shapes, self.shape, self.device) if mixed else None
 

@@ -243,8 +243,9 @@ class Engine:
         stopped = {i: (code, at) for i, code, at in out.stops}
         row_steps = out.steps * len(active) - sum(out.steps - at for _, at in stopped.values())
         expired = sched.expired(now)
-        live = set(active)
-        visit = sorted({*stopped, *expired, *(i for i in self._visit if i in live)})
+        visit = self._visit  # rows that stream or trace: all active between admissions
+        if stopped or expired:
+            visit = sorted({*stopped, *expired, *visit})
         for i in visit:
             row = sched.rows[i]
             if row is None or row.held:
@@ -264,14 +265,21 @@ class Engine:
                     row.trace.append({"t": n, "residual": row.residual, "rel_residual": row.rel_residual})
             if not code and i in expired:
                 code = Stop.CANCELLED if job.cancelled else Stop.DEADLINE
-            y_flat = out.final[i] if i in out.final else batch.y[i : i + 1]  # type: ignore[index]
             watch = job.watch
             if watch is not None and (code or n >= watch.next_due(start_t)):
-                y_i = unpack(y_flat, batch.shape, row.shape) if watch.wants_y else None
+                y_i = self._row_state(out, i, row) if watch.wants_y else None
                 watch.push(n, row.residual, row.rel_residual, y_i)
             if code:
-                self._retire(i, row, code, unpack(y_flat, batch.shape, row.shape))
+                self._retire(i, row, code, self._row_state(out, i, row))
         return row_steps
+
+    def _row_state(self, out: runner.RunOut, i: int, row: Row) -> torch.Tensor:
+        """Slot i's state (1, *shape) at the end of the run, or where it stopped."""
+        batch = self.batch
+        flat = out.final[i] if i in out.final else batch.y[i : i + 1]  # type: ignore[index]
+        if row.shape == batch.shape and len(row.shape) == 1:  # already (1, n)
+            return flat
+        return unpack(flat, batch.shape, row.shape)
 
     def _retire(self, i: int, row: Row, stop: Stop, y_row: torch.Tensor) -> None:
         """Answer the row in slot i; a solve that stopped on its budget keeps what it needs to go on."""

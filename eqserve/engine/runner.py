@@ -67,8 +67,7 @@ class HostRunner:
         tol, rel_mode = batch.tol, batch.rel_mode
         # Without a history the new state is a damped step of two finite states, sound exactly when
         # the residual is; and β = 1 everywhere makes it G(y) itself, with no update to run.
-        history = solver.hist is not None
-        undamped = not history and bool(solver.beta.eq(1.0).all())
+        history, undamped = solver.hist is not None, batch.undamped
         out = RunOut(0)
         s: list[float] = [0.0] * len(batch)
         for step in range(1, k + 1):

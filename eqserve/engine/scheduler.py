@@ -150,6 +150,8 @@ class Scheduler:
 
     def wait_and_take(self) -> list[SolveJob] | None:
         """Block until there is work; the jobs the policy admits now, or None once stopping."""
+        if self.rows and not self._waiting and not self.stopping:  # the usual turn: nothing to take
+            return []
         with self._cond:
             while not self.stopping and not self.running and not self._waiting:
                 self._cond.wait()
