@@ -84,20 +84,23 @@ def _matching_width(params: int, modes: int, depth: int) -> int:
 def train(
     out_dir: Path,
     *,
-    epochs: int = 60,
+    epochs: int = 40,
     seed: int = 0,
     log: Callable[[str], None] = print,
-    channels: int = 16,
-    modes: int = 8,
+    channels: int = 24,
+    modes: int = 5,
     gamma: float = 0.97,
-    n_train: int = 384,
+    n_train: int = 1024,
     n_heldout: int = 64,
     n_heldout64: int = 16,
-    batch_size: int = 16,
-    lr: float = 3e-3,
+    batch_size: int = 8,
+    lr: float = 1e-2,
     explicit_depth: int = 4,
 ) -> dict:
     """Generate data with our solver, train ns-fno (‖K + W‖₂ = γ) and an explicit FNO of about its size.
+
+    5 modes hold all but a small share of the steady fields' energy (the forcings live on |k| ≤ 4),
+    so the parameters go to channels; both nets were data-limited at a few hundred samples.
 
     Writes the DEQ, its explicit twin and the held-out sets (32² and 64², the latter on the first
     forcings of the former) to out_dir; returns E_t, both sizes and the time taken.
