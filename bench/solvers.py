@@ -1,11 +1,13 @@
-"""Solver benchmark: eqserve's Picard and Anderson, served by the Engine, against torchdeq's solvers.
+"""Solver benchmark: eqserve's Picard, Anderson and Broyden, served by the Engine, against torchdeq's.
 
 Same operators, same batch of 64 rows, same fp32 start y0 = 0, same absolute tolerances (1e-4, 1e-6)
 on ‖G(y) − y‖₂ per row. Our side is what we serve: 64 SolveJobs submitted before the worker starts
 (one batch), each row leaving the batch when it meets its tolerance, so a row's G-evaluations are its
-`iterations`. torchdeq's `fixed_point_iter` and `anderson_solver` run the whole batch until the batch's
-worst row is under the tolerance, so every row pays the batch's G-calls (counted by wrapping G).
-Their Anderson is the best, by G-evaluations, of a grid over its documented `m`, `lam`, `tau`.
+`iterations`. torchdeq's `fixed_point_iter`, `anderson_solver` and `broyden_solver` run the whole batch
+until the batch's worst row is under the tolerance, so every row pays the batch's G-calls (counted by
+wrapping G). Their Anderson is the best, by G-evaluations, of a grid over its documented `m`, `lam`,
+`tau`; their Broyden the best of its `LBFGS_thres` (None: every update kept, its default; or our
+memory) and `ls` (line search, whose extra G-calls count). Ours keeps OUR_M updates per row.
 
 Operators: `deq-mlp` (shipped weights, 64 held-out inputs), `contraction` G(y) = a ⊙ (y Mᵀ) + (1 − a) c
 with M a random orthogonal 256 × 256 matrix and per-row a evenly spaced in [0.5, 0.99], and, in
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from safetensors.torch import load_file
 from span_floor import span_floor
-from torchdeq.solver import anderson_solver, fixed_point_iter
+from torchdeq.solver import anderson_solver, broyden_solver, fixed_point_iter
 
 from eqserve.engine.core import Engine
 from eqserve.engine.job import SolveJob
@@ -60,11 +62,18 @@ CAP = 3000
 OUR_M = 10
 """Our Anderson history: the server's default (ModelMeta.default_solver; main() checks it)."""
 THREADS = 1
-GOALS = {"ratio_evals_vs_torchdeq": 0.8, "ratio_time_vs_torchdeq": 0.5}
+GOALS = {
+    "ratio_evals_vs_torchdeq": 0.8,
+    "ratio_time_vs_torchdeq": 0.5,
+    "ours_anderson_floor_ratio_evals": 1.03,
+    "broyden_ratio_evals_vs_torchdeq": 1.0,
+}
 TD_DEFAULT = (6, 1e-4, 1.0)
 """anderson_solver's documented defaults (m, lam, tau)."""
 GRID_QUICK = {"m": (6, 10), "lam": (0.0, 1e-8, 1e-4), "tau": (1.0, 0.8, 0.5)}
 GRID_FULL = {"m": (3, 6, 10), "lam": (0.0, 1e-10, 1e-8, 1e-6, 1e-4), "tau": (1.0, 0.8, 0.5)}
+BROYDEN_GRID = {"LBFGS_thres": (None, OUR_M), "ls": (False, True)}
+"""Their Broyden's settings, the default (every update kept, no line search) first."""
 MATCHED = (
     "abs residual ‖G(y) − y‖₂ per row in fp32, y0 = 0, the same batch and operator; their stop_mode='abs' "
     "with tol (stop when max over rows < tol, strict; checked from Anderson's 3rd G-call), ours per row "
@@ -157,15 +166,25 @@ TAIL_ROWS = 8
 """Steps over at most this many batch slots count as the batch's tail."""
 
 
-def ours(case: Case, tol: float, m: int, reps: int) -> Run:
-    """The batch served by a fresh Engine per repetition; wall time from start() to the last result."""
+def ours(case: Case, tol: float, m: int, reps: int, method: str | None = None) -> Run:
+    """The batch served by a fresh Engine per repetition; wall time from start() to the last result.
+    `method` None: Anderson where m > 0, else Picard."""
     best, results, log = math.inf, [], RunLog()
     for _ in range(reps):
         engine = Engine(case.model, max_batch_rows=ROWS)
         engine.observer = RunLog()
         futures = [
             engine.submit(
-                SolveJob(id=str(i), ctx=c, y0=case.model.init(c), max_iters=CAP, tol=tol, damping=1.0, m=m)
+                SolveJob(
+                    id=str(i),
+                    ctx=c,
+                    y0=case.model.init(c),
+                    max_iters=CAP,
+                    tol=tol,
+                    damping=1.0,
+                    m=m,
+                    method=method,  # type: ignore[arg-type]
+                )
             )
             for i, c in enumerate(case.ctxs)
         ]
@@ -192,7 +211,7 @@ def ours(case: Case, tol: float, m: int, reps: int) -> Run:
         "us_per_tail_step": round(sum(s for s, _ in tail) / tail_steps * 1e6, 1) if tail else None,
     }
     return Run(
-        "eqserve anderson" if m else "eqserve picard",
+        f"eqserve {method}" if method else "eqserve anderson" if m else "eqserve picard",
         f"m={m} β=1" if m else "β=1",
         sum(iters) / len(iters),
         max(iters),
@@ -281,6 +300,52 @@ def anderson_grid(
     return (best[2], best[0], table) if best else (TD_DEFAULT, CAP, table)
 
 
+def broyden_grid(case: Case, tol: float) -> tuple[dict[str, Any], int, list[dict]]:
+    """Their Broyden over BROYDEN_GRID, best by G-calls (then time), found as `anderson_grid` finds
+    their Anderson's: the default at the full budget, then each setting bounded by the best so far."""
+    best: tuple[int, float, dict[str, Any]] | None = None
+    table: list[dict] = []
+    for thres, ls in itertools.product(*BROYDEN_GRID.values()):
+        kw = {"LBFGS_thres": thres, "ls": ls}
+        bound = CAP if best is None else best[0]
+        r = theirs(broyden_solver, case, tol, bound, **kw)
+        row: dict[str, Any] = {**kw, "bound": bound, "evals": None}
+        if r is None:
+            row["evals"] = "raised"
+        elif r[2] == ROWS:
+            row["evals"] = r[0]
+            if best is None or (r[0], r[3]) < best[:2]:
+                best = (r[0], r[3], kw)
+        table.append(row)
+    default = {"LBFGS_thres": None, "ls": False}
+    return (best[2], best[0], table) if best else (default, CAP, table)
+
+
+def broyden_case(case: Case, tol: float, reps: int) -> dict[str, Any]:
+    """Our Broyden (memory OUR_M) against their best Broyden and theirs at our memory."""
+    best, budget, table = broyden_grid(case, tol)
+    settings = f"LBFGS_thres={best['LBFGS_thres']} ls={best['ls']}"
+    mine = ours(case, tol, OUR_M, reps, method="broyden")
+    td = timed_theirs(
+        broyden_solver,
+        "torchdeq broyden (best)",
+        settings + ("" if budget == CAP else f" max_iter={budget}"),
+        case,
+        tol,
+        reps,
+        budget,
+        **best,
+    )
+    matched = next(r for r in table if r["LBFGS_thres"] == OUR_M and not r["ls"])
+    return {
+        "runs": {"ours_broyden": asdict(mine), "td_broyden_best": asdict(td)},
+        "grid": table,
+        "td_broyden_at_our_m": matched["evals"],
+        "ratio_evals_vs_torchdeq": td_ratio(mine.evals_mean, td.evals_mean),
+        "ratio_time_vs_torchdeq": td_ratio(mine.seconds, td.seconds),
+    }
+
+
 def settings_str(m: int, lam: float, tau: float) -> str:
     """torchdeq Anderson settings as text."""
     return f"m={m} lam={lam:g} tau={tau:g}"
@@ -321,6 +386,7 @@ def run_case(case: Case, tol: float, grid: dict[str, tuple], reps: int) -> dict[
     rows = span_floor(g, y0, tol, td_a.evals_max)
     floor = None if rows is None else (rows.double().mean().item(), int(rows.max()))
     g_seconds = min(timeit(lambda: g(y0)) for _ in range(reps))
+    broyden = broyden_case(case, tol, reps)
     return {
         "operator": case.name,
         "tol": tol,
@@ -339,6 +405,10 @@ def run_case(case: Case, tol: float, grid: dict[str, tuple], reps: int) -> dict[
         "floor_ratio_evals": 1.0 if floor is None else td_ratio(floor[0], td_a.evals_mean),
         "batch_g_seconds": g_seconds,
         "floor_ratio_time": None if floor is None else td_ratio(floor[0] * g_seconds, td_a.seconds),
+        "ours_anderson_floor_ratio_evals": None if floor is None else round(ours_a.evals_mean / floor[0], 3),
+        "broyden": broyden,
+        "broyden_ratio_evals_vs_torchdeq": broyden["ratio_evals_vs_torchdeq"],
+        "broyden_ratio_time_vs_torchdeq": broyden["ratio_time_vs_torchdeq"],
     }
 
 
@@ -394,6 +464,22 @@ def print_case(c: dict[str, Any]) -> None:
         f"{ta['extra'].get('us_per_call', math.nan):.0f} µs each "
         f"(steps/calls {c['ratio_steps_vs_torchdeq_calls']})"
     )
+    print(f"  our anderson / span floor: evals {c['ours_anderson_floor_ratio_evals']}")
+    b = c["broyden"]
+    for r in b["runs"].values():
+        print(
+            f"  {r['solver']:28}{r['settings']:24}{r['evals_mean']:>12.1f}{r['evals_max']:>6}"
+            f"{'-' if r['nstep_max'] is None else r['nstep_max']:>7}{r['converged']:>4}/{ROWS}"
+            f"{r['seconds'] * 1e3:>9.1f}"
+        )
+    bcells = []
+    for r in b["grid"]:
+        v = f">{r['bound']}" if r["evals"] is None else r["evals"]
+        bcells.append(f"({r['LBFGS_thres']},{r['ls']})→{v}")
+    print(
+        f"  broyden ours/theirs: evals {b['ratio_evals_vs_torchdeq']}, time {b['ratio_time_vs_torchdeq']};"
+        f" their grid (LBFGS_thres,ls)→G-evals: " + "  ".join(bcells)
+    )
     cells = []
     for g in (dict(zip(c["grid"]["columns"], r, strict=True)) for r in c["grid"]["rows"]):
         v = f">{g['bound']}" if g["evals"] is None else g["evals"]
@@ -442,6 +528,14 @@ def main() -> int:
             sum(c["runs"]["ours_anderson"]["seconds"] for c in out),
             sum(c["runs"]["td_anderson_best"]["seconds"] for c in out),
         ),
+        "broyden_ratio_evals_vs_torchdeq": td_ratio(
+            sum(c["broyden"]["runs"]["ours_broyden"]["evals_mean"] for c in out),
+            sum(c["broyden"]["runs"]["td_broyden_best"]["evals_mean"] for c in out),
+        ),
+        "broyden_ratio_time_vs_torchdeq": td_ratio(
+            sum(c["broyden"]["runs"]["ours_broyden"]["seconds"] for c in out),
+            sum(c["broyden"]["runs"]["td_broyden_best"]["seconds"] for c in out),
+        ),
     }
     worst_floor = max(out, key=lambda c: c["floor_ratio_evals"])
     worst_time_floor = max(out, key=lambda c: c["floor_ratio_time"] or 0.0)
@@ -470,6 +564,11 @@ def main() -> int:
             "matched": MATCHED,
             "ratio_evals_vs_torchdeq": goals["ratio_evals_vs_torchdeq"]["value"],
             "ratio_time_vs_torchdeq": goals["ratio_time_vs_torchdeq"]["value"],
+            "broyden_ratio_evals_vs_torchdeq": goals["broyden_ratio_evals_vs_torchdeq"]["value"],
+            "broyden_ratio_time_vs_torchdeq": max(c["broyden_ratio_time_vs_torchdeq"] or 0.0 for c in out),
+            "ours_anderson_floor_ratio_evals_worst": max(
+                c["ours_anderson_floor_ratio_evals"] or 0.0 for c in out
+            ),
             "goals": goals,
             "totals": totals,
             "floor_ratio_evals_worst": worst_floor["floor_ratio_evals"],

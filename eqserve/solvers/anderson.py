@@ -16,6 +16,8 @@ positive definite, γ is not finite or the same combination written over the poi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from eqserve.kernels.dispatch import Backend
@@ -30,6 +32,13 @@ MAX_WEIGHT = 1e4
 GRAM_DTYPE = torch.float64
 """The kept Gram matrix and its solve run in fp64: (M, M) per row costs next to nothing, and the
 system stays solvable with a relative ridge far below fp32's resolution."""
+
+
+@functools.lru_cache(maxsize=64)
+def arange(end: int, step: int, device: torch.device) -> torch.Tensor:
+    """torch.arange(0, end, step), built once per batch shape: a step's index vectors cost launches
+    that a one-row step notices. Shared: never written to."""
+    return torch.arange(0, end, step, device=device)
 
 
 def gram(hist: torch.Tensor) -> torch.Tensor:
@@ -66,7 +75,7 @@ def record(
     row's first step, or one slot) only the point is written."""
     b, slots, two_n = hist.shape
     n = two_n // 2
-    rows = torch.arange(0, b * slots, slots, device=y.device)
+    rows = arange(b * slots, slots, y.device)
     flat = hist.view(b * slots, two_n)
     new = torch.cat([y, gy - y], 1)
     diff = new - flat.index_select(0, rows + prev) if pair is None else pair
@@ -96,7 +105,7 @@ def solve(
     slots = gram.shape[1]
     d = torch.diagonal(gram, dim1=1, dim2=2)
     s = d.rsqrt().nan_to_num_(nan=torch.nan, posinf=0.0)  # D^-1/2 on written slots, 0 elsewhere
-    s = s.masked_fill(torch.arange(slots, device=gram.device) == point.unsqueeze(1), 0.0)
+    s = s.masked_fill(arange(slots, 1, gram.device) == point.unsqueeze(1), 0.0)
     rhs = gram.gather(2, point.view(-1, 1, 1).expand(-1, slots, 1)).squeeze(2)
     a = gram * (s.unsqueeze(2) * s.unsqueeze(1))
     a.diagonal(dim1=1, dim2=2).fill_(1.0 + ridge)  # unused slots: identity rows, 0 right-hand side
@@ -138,7 +147,7 @@ def point_weight(gamma: torch.Tensor, point: torch.Tensor, ring: torch.Tensor) -
     combination cancels large terms, which γ alone does not show (slow convergence makes every
     difference small and γ large, with modest α)."""
     slots = gamma.shape[1]
-    age = torch.arange(slots, device=gamma.device)
+    age = arange(slots, 1, gamma.device)
     held = age.unsqueeze(0) < ring.unsqueeze(1)
     src = torch.remainder(point.unsqueeze(1) - age, ring.unsqueeze(1))
     g = torch.where(held, gamma.gather(1, src), 0.0)

@@ -155,11 +155,12 @@ class SolverState:
             return picard(y, gy, self.beta)
         ring = self.m.clamp(min=1)
         point = torch.remainder(self.count, ring)
-        prev = torch.where(self.count > 0, torch.remainder(self.count - 1, ring), point)
+        prev = torch.remainder((self.count - 1).clamp_(min=0), ring)  # the point on a first step
+        kept = broyden.held(self.count, ring, prev, hist.shape[1]) if self.any_broyden else None
         self.count += 1
-        if self.any_broyden:
-            pair = broyden.pair(y, gy, hist, prev)
-            diff = torch.cat([y, gy - y], 1) - hist[torch.arange(len(prev), device=y.device), prev]
+        if kept is not None:
+            pair = broyden.pair(y, gy, hist, prev, kept)
+            diff = torch.cat([y, gy - y], 1) - hist[anderson.arange(len(prev), 1, y.device), prev]
             pair = torch.where(self.broyden.unsqueeze(1), pair, diff)
             anderson.record(y, gy, hist, gram, prev, point, pair)
         else:
@@ -170,7 +171,7 @@ class SolverState:
         if not self.any_broyden:
             return anderson.mix_on(backend, y, gy, hist, wx, wf, self.beta)
         isb = self.broyden.unsqueeze(1)
-        wx = torch.where(isb, broyden.weights(gram, point, self.beta), wx)
+        wx = torch.where(isb, broyden.weights(gram, point, self.beta, kept), wx)
         y_next = anderson.mix_on(backend, y, gy, hist, wx, torch.where(isb, 0.0, wf), self.beta)
         bad = isb & ~broyden.sound(y, gy, y_next, self.beta)
         return torch.where(bad, picard(y, gy, self.beta), y_next)
