@@ -61,6 +61,7 @@ class LpGnn(ImplicitModel):
     defaults = {"max_iters": 100, "tol": 1e-4, "stop_mode": "rel"}  # noqa: RUF012
     """To the fixed point: G is normalised to a contraction (‖∂G/∂z‖ ≈ μ < 1), so plain Picard stops on
     the `rel` tolerance; 100 is a bound, not a depth."""
+    compile_step = True  # gathers, scatters and small MLPs over a graph, which inductor fuses
 
     def __init__(self, d: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
