@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from eqserve.models.lp_gnn.data import LP, load_lps, random_lp
 from eqserve.models.lp_gnn.graph import lp_graph, union
+from eqserve.models.lp_gnn.inputs import from_lp
 from eqserve.models.lp_gnn.model import HELDOUT_FILE, LpGnn
 from eqserve.models.lp_gnn.networks import per_lp_norm
 from eqserve.models.registry import load_model
@@ -34,29 +35,13 @@ from eqserve.service.config import Settings
 SOLVERS = {"picard": None, "anderson": {"method": "anderson", "m": 5}}
 
 
-def as_input(lp: LP) -> dict:
-    """The JSON input of an LP, A in sparse form."""
-    return {
-        "A": {
-            "shape": [lp.m, lp.n],
-            "indices": np.stack([lp.rows, lp.cols], 1).tolist(),
-            "values": lp.vals.tolist(),
-        },
-        "b": lp.b.tolist(),
-        "c": lp.c.tolist(),
-        "constraint_types": ["=" if e else "<=" for e in lp.eq],
-        "l": lp.l.tolist(),
-        "u": lp.u.tolist(),
-    }
-
-
 def solve_all(client: TestClient, lps: list[LP]) -> dict[str, list[tuple[str, int]]]:
     """(status, iterations) of every LP under each solver, the model's budget defaults otherwise."""
     out: dict[str, list[tuple[str, int]]] = {}
     for name, solver in SOLVERS.items():
         rows = []
         for lp in lps:
-            body: dict = {"model": "lp-gnn", "input": as_input(lp)}
+            body: dict = {"model": "lp-gnn", "input": from_lp(lp)}
             if solver:
                 body["solver"] = solver
             res = client.post("/v1/solve", json=body).json()

@@ -21,7 +21,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from eqserve.kernels.configs import Shipped, ptr
 from eqserve.kernels.reference import StepOut
-from eqserve.kernels.triton_math import RUNNING, decide, dot, lerp, residuals, square_sums, tanh
+from eqserve.kernels.triton_math import RUNNING, count_and_decide, dot, lerp, residuals, square_sums, tanh
 
 
 @triton.jit
@@ -80,18 +80,9 @@ def _finish(
         tl.store(part_ptr + slots * 3 + 2, 0.0, mask=active)
         tl.store(arrivals_ptr + pid_b, 0)
         abs_res, rel_res = residuals(sq_d, sq_g)
-        iters = tl.load(iters_ptr + row, mask=active, other=0) + 1
-        first = tl.load(first_ptr + row, mask=active, other=0.0)
-        first = tl.where(iters == 1, abs_res.to(tl.float64), first)
-        new_code = decide(
-            abs_res,
-            rel_res,
-            bad == 0,
-            first,
-            iters,
-            tl.load(max_iters_ptr + row, mask=active, other=0),
-            tl.load(tol_ptr + row, mask=active, other=0.0),
-            tl.load(rel_mode_ptr + row, mask=active, other=0) != 0,
+        iters, first, new_code = count_and_decide(
+            abs_res, rel_res, bad == 0, row, active, iters_ptr, first_ptr, max_iters_ptr, tol_ptr,
+            rel_mode_ptr,
         )
         tl.store(iters_out_ptr + row, iters, mask=active)
         tl.store(first_out_ptr + row, first, mask=active)

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from eqserve.kernels.configs import Shipped, ptr
 from eqserve.kernels.reference import StepOut
-from eqserve.kernels.triton_math import EPS, RUNNING, decide, lerp, residuals, square_sums
+from eqserve.kernels.triton_math import EPS, RUNNING, count_and_decide, lerp, residuals, square_sums
 
 TILE = 1024
 """Elements per program per pass over the columns: BLOCK_B rows × TILE // BLOCK_B columns."""
@@ -89,18 +89,9 @@ def epilogue_kernel(
             rel_res = abs_res / (tl.sqrt(sq_g) + EPS)
         else:
             abs_res, rel_res = residuals(sq_d, sq_g)
-        iters = tl.load(iters_ptr + rows, mask=active, other=0) + 1
-        first = tl.load(first_ptr + rows, mask=active, other=0.0)
-        first = tl.where(iters == 1, abs_res.to(tl.float64), first)
-        code = decide(
-            abs_res,
-            rel_res,
-            bad == 0,
-            first,
-            iters,
-            tl.load(max_iters_ptr + rows, mask=active, other=0),
-            tl.load(tol_ptr + rows, mask=active, other=0.0),
-            tl.load(rel_mode_ptr + rows, mask=active, other=0) != 0,
+        iters, first, code = count_and_decide(
+            abs_res, rel_res, bad == 0, rows, active, iters_ptr, first_ptr, max_iters_ptr, tol_ptr,
+            rel_mode_ptr,
         )
         tl.store(iters_ptr + rows, iters, mask=active)
         tl.store(first_ptr + rows, first, mask=active)

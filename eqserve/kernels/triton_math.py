@@ -68,3 +68,24 @@ def decide(abs_res, rel_res, y_finite, first_res, iters, max_iters, tol, rel_mod
     code = tl.where(iters >= max_iters, MAX_ITERS, RUNNING)
     code = tl.where(res <= tol, CONVERGED, code)
     return tl.where(finite & within, code, DIVERGED)
+
+
+@triton.jit
+def count_and_decide(abs_res, rel_res, y_finite, rows, mask, iters_ptr, first_ptr, max_iters_ptr, tol_ptr,
+                     rel_mode_ptr):  # fmt: skip
+    """A step's bookkeeping for `rows`: iterations + 1, the first residual where this is the row's first
+    step, and the stop code (`decide`) — (iters, first, code), not stored."""
+    iters = tl.load(iters_ptr + rows, mask=mask, other=0) + 1
+    first = tl.load(first_ptr + rows, mask=mask, other=0.0)
+    first = tl.where(iters == 1, abs_res.to(tl.float64), first)
+    code = decide(
+        abs_res,
+        rel_res,
+        y_finite,
+        first,
+        iters,
+        tl.load(max_iters_ptr + rows, mask=mask, other=0),
+        tl.load(tol_ptr + rows, mask=mask, other=0.0),
+        tl.load(rel_mode_ptr + rows, mask=mask, other=0) != 0,
+    )
+    return iters, first, code

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from eqserve.models.base import InputError
 from eqserve.models.lp_gnn.data import LP, make_dataset, random_lp, solve
 from eqserve.models.lp_gnn.graph import lp_graph, union
-from eqserve.models.lp_gnn.inputs import LpInput, to_lp
+from eqserve.models.lp_gnn.inputs import LpInput, from_lp, to_lp
 from eqserve.models.lp_gnn.model import LpGnn
 from eqserve.models.lp_gnn.mps import read_mps
 from eqserve.models.lp_gnn.networks import MU, ExplicitGNN, ImplicitGNN, param_count, per_lp_norm
@@ -62,19 +62,8 @@ def client(model: LpGnn) -> Iterator[TestClient]:
 
 
 def as_input(lp: LP, **extra: object) -> dict:
-    """The JSON input of an LP, A in sparse form."""
-    return {
-        "A": {
-            "shape": [lp.m, lp.n],
-            "indices": np.stack([lp.rows, lp.cols], 1).tolist(),
-            "values": lp.vals.tolist(),
-        },
-        "b": lp.b.tolist(),
-        "c": lp.c.tolist(),
-        "constraint_types": ["=" if e else "<=" for e in lp.eq],
-        "l": lp.l.tolist(),
-        "u": lp.u.tolist(),
-    } | extra
+    """The JSON input of an LP with `extra` fields."""
+    return from_lp(lp) | extra
 
 
 def test_generator_is_deterministic_and_its_lps_feasible() -> None:

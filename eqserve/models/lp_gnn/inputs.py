@@ -93,6 +93,22 @@ def _length(name: str, values: list[Any], want: int, of: str) -> None:
         raise InputError(f"input.{name}", f"{name} has {len(values)} entries but {of} is {want}")
 
 
+def from_lp(lp: LP) -> dict[str, Any]:
+    """The JSON input of an LP (A in sparse form): what a client sends for it."""
+    return {
+        "A": {
+            "shape": [lp.m, lp.n],
+            "indices": np.stack([lp.rows, lp.cols], 1).tolist(),
+            "values": lp.vals.tolist(),
+        },
+        "b": lp.b.tolist(),
+        "c": lp.c.tolist(),
+        "constraint_types": ["=" if e else "<=" for e in lp.eq],
+        "l": lp.l.tolist(),
+        "u": lp.u.tolist(),
+    }
+
+
 def to_lp(inp: LpInput) -> LP:
     """The checked LP of a request."""
     given = [name for name in ARRAYS if getattr(inp, name) is not None]
