@@ -7,7 +7,7 @@ import torch
 
 from eqserve.kernels.reference import residuals
 from eqserve.models.reciprocal import Reciprocal, ReciprocalInput
-from eqserve.solvers import SolverState
+from eqserve.solvers import SolverState, anderson
 
 
 def _iterate(model: Reciprocal, x: list[float], steps: int, beta: float = 1.0, m: int = 0, eta: float = 1.0):
@@ -146,3 +146,47 @@ def test_picard_rows_concatenated_with_anderson_rows_keep_their_rule() -> None:
     torch.testing.assert_close(state.update(y, gy)[0], y[0] + 0.5 * (gy[0] - y[0]))
     assert state.hist is not None  # slot 0 holds (y, G(y) − y) of both rows
     torch.testing.assert_close(state.hist[:, 0], torch.cat([y, gy - y], 1))
+
+
+def _history(diffs: torch.Tensor, f: torch.Tensor, point: int) -> torch.Tensor:
+    """A (1, M, 2n) history whose f-halves are the difference columns `diffs` (k, n) around the point's
+    residual f (n,) in slot `point` (x-halves zero: the weights read only the Gram of the f-halves)."""
+    k, n = diffs.shape
+    hist = torch.zeros(1, k + 1, 2 * n, dtype=torch.float64)
+    others = [s for s in range(k + 1) if s != point]
+    hist[0, others, n:] = diffs
+    hist[0, point, n:] = f
+    return hist
+
+
+def test_anderson_weights_are_the_least_squares_fit_of_the_point_residual_by_the_differences() -> None:
+    torch.manual_seed(3)
+    diffs, f = torch.randn(4, 30, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
+    gram = anderson.gram(_history(diffs, f, point=2))
+    gamma, ok = anderson.solve(gram, torch.tensor([2]), torch.tensor([5]), ridge=0.0)
+    want = torch.linalg.lstsq(diffs.T, f.unsqueeze(1)).solution.squeeze(1)
+    assert bool(ok[0]) and gamma[0, 2] == 0.0  # the point's own slot carries no weight
+    torch.testing.assert_close(gamma[0, [0, 1, 3, 4]], want, rtol=1e-8, atol=1e-10)
+
+
+def test_anderson_solve_uses_only_the_written_slots() -> None:
+    torch.manual_seed(4)
+    diffs, f = torch.randn(2, 12, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    hist = torch.cat([_history(diffs, f, point=0), torch.zeros(1, 3, 24, dtype=torch.float64)], 1)
+    gamma, ok = anderson.solve(anderson.gram(hist), torch.tensor([0]), torch.tensor([6]), ridge=0.0)
+    want = torch.linalg.lstsq(diffs.T, f.unsqueeze(1)).solution.squeeze(1)
+    assert bool(ok[0]) and gamma[0, 3:].abs().sum() == 0.0
+    torch.testing.assert_close(gamma[0, 1:3], want, rtol=1e-8, atol=1e-10)
+
+
+def test_anderson_solve_flags_rows_it_cannot_trust_and_only_those() -> None:
+    torch.manual_seed(5)
+    good = _history(torch.randn(3, 10, dtype=torch.float64), torch.randn(10, dtype=torch.float64), point=0)
+    nan = good.clone()
+    nan[0, 1, 10:] = float("nan")
+    gram = torch.cat([anderson.gram(good), anderson.gram(nan)])
+    indefinite = gram[:1].clone()
+    indefinite[0, 1, 2] = indefinite[0, 2, 1] = 10 * (indefinite[0, 1, 1] * indefinite[0, 2, 2]).sqrt()
+    gram = torch.cat([gram, indefinite])
+    _, ok = anderson.solve(gram, torch.zeros(3, dtype=torch.long), torch.full((3,), 4))
+    assert ok.tolist() == [True, False, False]
