@@ -216,9 +216,8 @@ class Engine:
             return
         sched.steps += out.steps
         now = time.monotonic()
-        rows = sched.rows
         for i in self._fresh:
-            if (row := rows[i]) is not None:
+            if (row := sched.rows[i]) is not None:
                 self.observer.first_iterate(row.job, now - row.job.submitted)
         self._fresh = []
         rows = len(batch)
@@ -277,8 +276,6 @@ class Engine:
         """Slot i's state (1, *shape) at the end of the run, or where it stopped."""
         batch = self.batch
         flat = out.final[i] if i in out.final else batch.y[i : i + 1]  # type: ignore[index]
-        if row.shape == batch.shape and len(row.shape) == 1:  # already (1, n)
-            return flat
         return unpack(flat, batch.shape, row.shape)
 
     def _retire(self, i: int, row: Row, stop: Stop, y_row: torch.Tensor) -> None:

@@ -55,6 +55,8 @@ def pack(rows: list[torch.Tensor], shape: Shape) -> torch.Tensor:
 
 def unpack(flat: torch.Tensor, bounds: Shape, shape: Shape) -> torch.Tensor:
     """A row (1, prod(bounds)) of a flat batch as its own (1, *shape) state (a view where it can be)."""
+    if len(shape) == 1 and shape == bounds:  # a full 1-D row is its own state already
+        return flat
     t = flat.reshape(1, *bounds)
     return t if shape == bounds else t[(slice(None), *(slice(0, n) for n in shape))]
 
