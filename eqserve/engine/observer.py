@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from eqserve.engine.completion import CompletionJob
     from eqserve.engine.job import SolveJob, SolveResult
 
 
@@ -15,6 +16,7 @@ class EngineObserver(Protocol):
     def first_iterate(self, job: SolveJob, since_submit_s: float) -> None: ...
     def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None: ...
     def finished(self, job: SolveJob, result: SolveResult) -> None: ...
+    def token(self, job: CompletionJob, iterations: int, by_rule: bool) -> None: ...
 
 
 class NullObserver:
@@ -31,3 +33,7 @@ class NullObserver:
 
     def finished(self, job: SolveJob, result: SolveResult) -> None:
         """Nothing."""
+
+    def token(self, job: CompletionJob, iterations: int, by_rule: bool) -> None:
+        """Nothing: a looped LM decided a token after `iterations` inner steps (stopped by its exit
+        rule, or by its budget)."""

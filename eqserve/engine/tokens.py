@@ -1,0 +1,386 @@
+"""The token engine: continuous batching over sequences *and* recurrence steps of a looped LM.
+
+A row is a sequence at its current token. Every batch step runs one core step for each live row,
+whatever its token and inner step; a row whose exit rule (or per-token budget) stops it emits its
+token through the coda and head, and starts its next token's inner loop at the next step, while its
+batch-mates go on. A newcomer joins at the next step. The `static` policy is the baseline the
+reference `generate` gives: a batch is admitted together, every token waits until the batch's
+slowest row has exited, and the answers go out together (rows that exited wait uncomputed, which
+makes the baseline no slower than the reference, which keeps computing them).
+
+The engine has the same outside as `eqserve.engine.core.Engine` (start, stop, close, submit,
+alive, busy_s, steps, waiting, running, idle, observer), so the server runs it like any engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from eqserve.engine import exits
+from eqserve.engine.completion import NEEDS_LOGITS, CompletionJob, CompletionResult, FinishReason, TokenEvent
+from eqserve.engine.errors import ModelStepError
+from eqserve.engine.observer import NullObserver
+from eqserve.engine.scheduler import POLICIES, Row, Scheduler
+from eqserve.kernels import invariant
+from eqserve.models.looped import LoopedLM
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Seq:
+    """A sequence in the batch: its cache, current token's state and inner step, what it has said."""
+
+    job: CompletionJob
+    row: Row
+    cache: Any
+    generator: torch.Generator | None
+    e: torch.Tensor = field(init=False)
+    s: torch.Tensor = field(init=False)
+    j: int = 0
+    """Inner steps the current token has run."""
+    value: float | None = None
+    """The current token's last exit value."""
+    prev: torch.Tensor | None = None
+    """The previous check's log-distribution (entropy-diff, kl, argmax-stability)."""
+    stable: int = 0
+    """Checks in a row the top token has not changed (argmax-stability)."""
+    exited: bool = False
+    """The current token's loop has stopped; under `static` it waits for the batch's slowest."""
+    ruled: bool = False
+    """The exit rule (not the budget) stopped the current token's loop."""
+    done: CompletionResult | None = None
+    """Under `static`, the answer held until the batch ends."""
+    tokens: list[int] = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
+    exit_values: list[float | None] = field(default_factory=list)
+    by_rule: list[bool] = field(default_factory=list)
+    text: str = ""
+
+    def start_token(self, e: torch.Tensor, s: torch.Tensor) -> None:
+        """Begin a token's inner loop from injection `e` and state `s`."""
+        self.e, self.s, self.j, self.value, self.prev, self.stable = e, s, 0, None, None, 0
+        self.exited = self.ruled = False
+
+
+class TokenEngine:
+    """The batching worker of one looped LM, fed by `submit` from any thread."""
+
+    def __init__(
+        self,
+        model: LoopedLM,
+        *,
+        max_batch_rows: int = 64,
+        max_queue: int = 256,
+        batching: str = "continuous",
+        torch_threads: int = 0,
+    ) -> None:
+        self.model = model
+        self.name = model.name
+        self.torch_threads = torch_threads
+        self.batching = batching
+        self.policy = POLICIES[batching]()
+        self.scheduler = Scheduler(model.name, max_batch_rows, max_queue, self.policy)
+        self.observer: Any = NullObserver()
+        self.seqs: list[Seq] = []
+        self.last_run_rows = 0
+        self._thread: threading.Thread | None = None
+        self._busy_since: float | None = None
+
+    # -- outside the worker --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker; completions still waiting or running end as cancelled."""
+        self.scheduler.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def close(self) -> None:
+        """Take no new completions; those accepted go on."""
+        self.scheduler.close()
+
+    def submit(self, job: CompletionJob) -> Future:
+        """Queue a completion; QueueFull at once when the queue is at its bound."""
+        self.scheduler.submit(job)  # type: ignore[arg-type]
+        return job.future
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the worker has spent in its current turn (0 while it waits)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def steps(self) -> int:
+        """Batch steps run so far."""
+        return self.scheduler.steps
+
+    @property
+    def waiting(self) -> int:
+        """Completions accepted but not yet in the batch."""
+        return self.scheduler.waiting
+
+    @property
+    def running(self) -> int:
+        """Completions in the batch."""
+        return self.scheduler.running
+
+    @property
+    def idle(self) -> bool:
+        """Whether no completion is waiting or running."""
+        return not self.waiting and not self.running
+
+    # -- the worker ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        with torch.inference_mode(), invariant.mode(True):
+            while (jobs := self.scheduler.wait_and_take()) is not None:
+                self._busy_since = time.monotonic()
+                try:
+                    if jobs:
+                        self._admit(jobs)
+                    if self.seqs:
+                        self._step()
+                except Exception as exc:  # the model's fault: fail the batch's completions, keep serving
+                    log.exception("model %s failed in its step", self.name)
+                    self._fail_all(ModelStepError(self.name, exc))
+                self._busy_since = None
+            for q in self.seqs:
+                self._answer(q, "cancelled", "cancelled")
+            for job in self.scheduler.drain():
+                self._answer(self._seq(job, None), "cancelled", "cancelled")
+            self._reindex([])
+
+    def _seq(self, job: CompletionJob, cache: Any) -> Seq:
+        gen = torch.Generator().manual_seed(job.seed) if job.temperature > 0 else None
+        return Seq(job, Row(job, admitted=time.monotonic()), cache, gen)  # type: ignore[arg-type]
+
+    def _admit(self, jobs: list[CompletionJob]) -> None:
+        """Prefill each newcomer's prompt (all but its last token, at its per-token budget), then start
+        the inner loop of its last prompt token, whose exit gives the first new token."""
+        now = time.monotonic()
+        fresh: list[Seq] = []
+        for job in jobs:
+            q = self._seq(job, None)
+            self.observer.admitted(job, now - job.submitted)
+            if job.cancelled or now >= job.deadline:
+                self._answer(q, "cancelled" if job.cancelled else "deadline", "cancelled")
+                continue
+            q.cache = self.model.new_cache()
+            if len(job.prompt) > 1:
+                self.model.prefill(job.prompt[:-1], job.rule.max_iters, q.cache)
+            fresh.append(q)
+        if fresh:
+            e = self.model.embed([q.job.prompt[-1] for q in fresh], [q.cache for q in fresh])
+            s = self.model.init_state(e)
+            for i, q in enumerate(fresh):
+                q.start_token(e[i : i + 1], s[i : i + 1])
+            self._reindex(self.seqs + fresh)
+
+    def _reindex(self, seqs: list[Seq]) -> None:
+        self.seqs = seqs
+        self.scheduler.reset([q.row for q in seqs])
+
+    def _step(self) -> None:
+        """One core step for every live row; then the rows whose loop stopped emit their tokens."""
+        start = time.perf_counter()
+        live = [q for q in self.seqs if not q.exited and q.done is None]
+        if live:
+            self._advance(live)
+        self.scheduler.steps += 1
+        now = time.monotonic()
+        for q in live:
+            job = q.job
+            if job.cancelled or now >= job.deadline:
+                self._finish(q, "cancelled" if job.cancelled else "deadline", "cancelled")
+        ready = [q for q in self.seqs if q.exited and q.done is None]
+        if self.policy.holds and any(not q.exited and q.done is None for q in self.seqs):
+            ready = []  # the batch waits for its slowest row
+        if ready:
+            self._emit(ready)
+        if self.policy.holds:
+            if all(q.done is not None for q in self.seqs):
+                for q in self.seqs:
+                    self._deliver(q)
+                self._reindex([])
+        else:
+            kept = [q for q in self.seqs if q.done is None]
+            if len(kept) != len(self.seqs):
+                self._reindex(kept)
+        self.last_run_rows = len(live)
+        self.observer.ran(time.perf_counter() - start, 1, len(live), len(live))
+
+    def _advance(self, live: list[Seq]) -> None:
+        """One core step of `live` and their exit values; marks the rows whose loop stops."""
+        model = self.model
+        s = torch.cat([q.s for q in live])
+        new = model.core_step(s, torch.cat([q.e for q in live]), [q.cache for q in live], [q.j for q in live])
+        diffs: list[float] | None = None
+        peek = [i for i, q in enumerate(live) if q.job.rule.criterion in NEEDS_LOGITS and self._checks(q)]
+        logp = None
+        if peek:
+            logp = exits.log_probs(model.logits(new[peek], [live[i].cache for i in peek], False))
+        if any(q.job.rule.criterion == "latent-diff" for q in live):
+            diffs = exits.latent_diff(s, new).tolist()
+        for i, q in enumerate(live):
+            q.s = new[i : i + 1]
+            q.j += 1
+            criterion = q.job.rule.criterion
+            if criterion == "latent-diff":
+                q.value = diffs[i]  # type: ignore[index]
+        if logp is not None:
+            self._judge_distributions([live[i] for i in peek], logp)
+        for q in live:
+            rule = q.job.rule
+            value, stable = q.value, rule.criterion == "argmax-stability"
+            passed = value is not None and (value >= rule.threshold if stable else value < rule.threshold)
+            q.ruled = rule.criterion != "none" and q.j >= rule.min_steps and passed
+            q.exited = q.ruled or q.j >= rule.max_iters
+
+    @staticmethod
+    def _checks(q: Seq) -> bool:
+        """Whether this inner step (after the one now running) looks at the distribution."""
+        return (q.j + 1) % q.job.rule.check_every == 0
+
+    @staticmethod
+    def _judge_distributions(rows: list[Seq], logp: torch.Tensor) -> None:
+        """The distribution criteria's values from this check and each row's previous one."""
+        ent = exits.entropy(logp).tolist()
+        top = logp.argmax(dim=-1).tolist()
+        for i, q in enumerate(rows):
+            criterion, prev = q.job.rule.criterion, q.prev
+            if criterion == "kl" and prev is not None:
+                q.value = float(exits.kl(prev, logp[i : i + 1]))
+            elif criterion == "entropy-diff" and prev is not None:
+                q.value = abs(ent[i] - float(exits.entropy(prev)))
+            elif criterion == "argmax-stability":
+                same = prev is not None and int(prev.argmax()) == top[i]
+                q.stable = q.stable + 1 if same else 0
+                q.value = float(q.stable)
+            q.prev = logp[i : i + 1]
+
+    def _emit(self, rows: list[Seq]) -> None:
+        """Each row's token from its state; the rows that go on start their next token."""
+        model = self.model
+        logits = model.logits(torch.cat([q.s for q in rows]), [q.cache for q in rows], True)
+        going: list[Seq] = []
+        for i, q in enumerate(rows):
+            token = self._sample(q, logits[i])
+            job = q.job
+            q.tokens.append(token)
+            q.iterations.append(q.j)
+            q.exit_values.append(_finite(q.value))
+            q.by_rule.append(q.ruled)
+            before = q.text
+            if token != model.eos:
+                q.text += model.decode([token])
+            if len(q.tokens) == 1:
+                self.observer.first_iterate(job, time.monotonic() - job.submitted)
+            self.observer.token(job, q.j, q.ruled)
+            reason = self._finished(q, token)
+            if job.watch is not None:
+                shown = _cut(q.text, job.stop)[len(before) :]
+                event = TokenEvent(len(q.tokens) - 1, token, shown, q.j, q.exit_values[-1], q.by_rule[-1])
+                job.watch.push(event)
+            if reason is not None:
+                self._finish(q, "ok", reason)
+            else:
+                going.append(q)
+        if going:
+            e = model.embed([q.tokens[-1] for q in going], [q.cache for q in going])
+            s = None if all(q.job.warm_start for q in going) else model.init_state(e)
+            for i, q in enumerate(going):
+                q.start_token(e[i : i + 1], q.s if q.job.warm_start else s[i : i + 1])  # type: ignore[index]
+
+    @staticmethod
+    def _sample(q: Seq, logits: torch.Tensor) -> int:
+        """Greedy at temperature 0, else a draw from the completion's own generator."""
+        if q.generator is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / q.job.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=q.generator))
+
+    def _finished(self, q: Seq, token: int) -> FinishReason | None:
+        """Why the completion ends after `token`, or None."""
+        job = q.job
+        if token == self.model.eos or any(s in q.text for s in job.stop):
+            return "stop"
+        if len(q.tokens) >= job.max_tokens or len(job.prompt) + len(q.tokens) >= self.model.max_context:
+            return "length"
+        return None
+
+    def _finish(self, q: Seq, status: str, reason: FinishReason) -> None:
+        """The completion ends: answered now, or (static) when its batch ends."""
+        q.done = self._result(q, status, reason)
+        if not self.policy.holds:
+            self._deliver(q)
+
+    def _result(self, q: Seq, status: str, reason: FinishReason) -> CompletionResult:
+        job = q.job
+        tokens = q.tokens[:-1] if q.tokens[-1:] == [self.model.eos] else q.tokens
+        return CompletionResult(
+            id=job.id,
+            status=status,
+            finish_reason=reason,
+            text=_cut(q.text, job.stop),
+            tokens=list(tokens),
+            iterations=list(q.iterations),
+            exit_values=list(q.exit_values),
+            exited=list(q.by_rule),
+            prompt_tokens=len(job.prompt),
+            queue_ms=(q.row.admitted - job.submitted) * 1e3,
+            solve_ms=0.0,
+        )
+
+    def _deliver(self, q: Seq) -> None:
+        result = q.done
+        assert result is not None
+        now = time.monotonic()
+        result.solve_ms = (now - q.row.admitted) * 1e3
+        self.scheduler.throughput.record(now)
+        self.observer.finished(q.job, result)
+        if not q.job.future.done():
+            q.job.future.set_result(result)
+
+    def _answer(self, q: Seq, status: str, reason: FinishReason) -> None:
+        """Answer a completion that is not (or no longer) stepping."""
+        q.done = self._result(q, status, reason)
+        self._deliver(q)
+
+    def _fail_all(self, error: BaseException) -> None:
+        """The model failed: every completion in the batch fails with `error`."""
+        for q in self.seqs:
+            if not q.job.future.done():
+                q.job.future.set_exception(error)
+                self.observer.finished(q.job, self._result(q, "error", "cancelled"))
+        self._reindex([])
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to its first stop string (OpenAI's completions leave the stop string out)."""
+    at = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
+    return text[:at]
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,70 @@
+"""The looped-LM contract: a recurrent-depth language model served token by token.
+
+A looped LM (Huginn's shape: prelude, a core block iterated on a latent state with the prelude's
+output injected every step, coda and head) is the engine's nested case: a row is a sequence at its
+current token, its inner loop runs core steps until the row's exit rule or budget, then the row emits
+a token and starts the next token's inner loop. The token engine drives a model through the batched
+methods below; rows in one call are at different positions and different inner steps.
+
+Every batched method must give each row the bits it would get alone (batch invariance: a prompt's
+tokens and per-token iteration counts must not depend on what shares its batch), and must leave the
+rows' caches exactly as the same calls one row at a time would.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class LoopedLM(nn.Module, ABC):
+    """A recurrent-depth LM: `embed` a token, `core_step` its state, `logits` from the state."""
+
+    name: ClassVar[str]
+    max_context: int
+    """Positions a sequence may hold: prompt and generated tokens together."""
+    eos: int | None = None
+    """The token that ends a completion, if the vocabulary has one."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """The tokens of `text`; `InputError("prompt", ...)` for text the vocabulary cannot spell."""
+
+    @abstractmethod
+    def decode(self, tokens: list[int]) -> str:
+        """The text of `tokens`."""
+
+    @abstractmethod
+    def new_cache(self) -> Any:
+        """An empty per-sequence cache (opaque to the engine)."""
+
+    @abstractmethod
+    def prefill(self, tokens: list[int], steps: int, cache: Any) -> None:
+        """Run `tokens` (the prompt but its last token) through the whole model with `steps` core steps
+        each, writing every position's keys and values into `cache`."""
+
+    @abstractmethod
+    def embed(self, tokens: list[int], caches: list[Any]) -> torch.Tensor:
+        """(B, d): the prelude's output `e` for each row's current token, at the position after its
+        cache's last; records the token's prelude keys and values in its cache."""
+
+    @abstractmethod
+    def init_state(self, e: torch.Tensor) -> torch.Tensor:
+        """(B, d): each row's starting latent state, a deterministic function of its own row of `e`."""
+
+    @abstractmethod
+    def core_step(
+        self, s: torch.Tensor, e: torch.Tensor, caches: list[Any], steps: list[int]
+    ) -> torch.Tensor:
+        """One recurrence `s ← core(adapter([s, e]))` for each row at its inner step `steps[r]` (0-based):
+        attends to earlier positions at that step (or their latest step, where a token exited sooner)
+        and records the row's own keys and values for that step."""
+
+    @abstractmethod
+    def logits(self, s: torch.Tensor, caches: list[Any], commit: bool) -> torch.Tensor:
+        """(B, vocab): the coda and head on each row's state. With `commit` the row's token is done:
+        its coda keys and values and its number of core steps are kept, and its cache moves on one
+        position; without, nothing is kept (an exit criterion peeking at the distribution)."""
