@@ -13,11 +13,17 @@ rows' caches exactly as the same calls one row at a time would.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from eqserve.engine.completion import ExitRule
+from eqserve.models.base import ModelMeta
 
 
 class LoopedLM(nn.Module, ABC):
@@ -28,6 +34,30 @@ class LoopedLM(nn.Module, ABC):
     """Positions a sequence may hold: prompt and generated tokens together."""
     eos: int | None = None
     """The token that ends a completion, if the vocabulary has one."""
+    default_exit: ClassVar[ExitRule] = ExitRule()
+    """A request's per-token budget and exit rule where it sets none."""
+    example_prompt: ClassVar[str] = ""
+    description: str = ""
+    """Overrides the docstring's first line in the listing (a model directory's eqserve.toml sets it)."""
+
+    def load(self, path: str | Path) -> LoopedLM:
+        """Load weights from a safetensors checkpoint (strict: every tensor must match)."""
+        self.load_state_dict(load_file(str(path)), strict=True)
+        return self
+
+    def meta(self) -> ModelMeta:
+        """The listing entry of the model (/v1/models): its docstring's first line and its defaults."""
+        doc = self.description or inspect.getdoc(type(self)) or self.name
+        example = {"prompt": self.example_prompt} if self.example_prompt else None
+        return ModelMeta(
+            name=self.name,
+            description=doc.splitlines()[0],
+            state_shape=None,
+            dtype=str(next(self.parameters(), torch.empty(0)).dtype).removeprefix("torch."),
+            example_input=example,
+            default_max_iters=self.default_exit.max_iters,
+            default_solver={},
+        )
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:

@@ -24,6 +24,10 @@ from typing import Any
 import torch
 
 from eqserve.models.base import DEFAULT_KEYS, ImplicitModel
+from eqserve.models.looped import LoopedLM
+
+Model = ImplicitModel | LoopedLM
+"""What a source builds: a fixed-point model (/v1/solve) or a looped LM (/v1/completions)."""
 
 GROUP = "eqserve.models"
 """The entry-point group a package advertises its models under."""
@@ -68,7 +72,7 @@ class ModelSource:
     root: Path | None = None
     """The folder the entry and weights lie in (a model directory's version folder)."""
 
-    def load(self, device: str | torch.device = "cpu") -> ImplicitModel:
+    def load(self, device: str | torch.device = "cpu") -> Model:
         """Import the code, build the model, load its weights strictly, move it to `device`."""
         cfg = self.config
         model = _instantiate(_import(cfg.entry, self.root), cfg.entry)
@@ -193,7 +197,7 @@ def _configured_name(path: Path) -> str:
     return name if isinstance(name, str) and name else path.name
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> ImplicitModel:
+def load_model(spec: str, device: str | torch.device = "cpu") -> Model:
     """Build the model a SPEC names, configured and in eval mode."""
     return resolve(spec).load(device)
 
@@ -236,12 +240,12 @@ def _import(entry: str, root: Path | None) -> Any:
     return getattr(module, attr)
 
 
-def _instantiate(obj: Any, entry: str) -> ImplicitModel:
-    """A model from what an entry names: an ImplicitModel subclass, an instance, or a factory; checked
-    for the methods and schemas the contract requires."""
+def _instantiate(obj: Any, entry: str) -> Model:
+    """A model from what an entry names: an ImplicitModel (or LoopedLM) subclass, an instance, or a
+    factory; checked for the methods and schemas the contract requires."""
     if inspect.isclass(obj) and issubclass(obj, ImplicitModel):
         _check_class(obj, entry)
-    if isinstance(obj, ImplicitModel):
+    if isinstance(obj, Model):
         model = obj
     elif callable(obj):
         try:
@@ -250,13 +254,14 @@ def _instantiate(obj: Any, entry: str) -> ImplicitModel:
             raise
         except Exception as exc:
             raise ModelLoadError(f"entry {entry!r} failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(model, ImplicitModel):
+        if not isinstance(model, Model):
             got = type(model).__name__
             raise ModelLoadError(f"entry {entry!r} returned {got}, not an eqserve.ImplicitModel")
     else:
         got = type(obj).__name__
         raise ModelLoadError(f"entry {entry!r} is a {got}, not an ImplicitModel class or factory")
-    _check_class(type(model), entry)
+    if isinstance(model, ImplicitModel):
+        _check_class(type(model), entry)
     return model
 
 

@@ -11,15 +11,17 @@ from pydantic import BaseModel
 
 from eqserve.service.analyze import AnalyzeRequest
 from eqserve.service.auth import OPEN_PATHS
+from eqserve.service.completions import CompletionRequest
 from eqserve.service.routes_v2 import InferenceRequest
 from eqserve.service.schemas import SolveRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/v1/solve", "post"): SolveRequest,
+    ("/v1/completions", "post"): CompletionRequest,
     ("/v1/analyze", "post"): AnalyzeRequest,
     ("/v2/models/{name}/infer", "post"): InferenceRequest,
 }
-"""The body each operation that solves reads."""
+"""The body each operation that solves (or completes) reads."""
 
 V1_ERROR = {
     "type": "object",
@@ -101,7 +103,8 @@ def complete(schema: dict[str, Any]) -> None:
                     answer["headers"] = RETRY_AFTER
                 responses.setdefault(str(status), answer)
     sse = {"text/event-stream": {"schema": {"type": "string"}}}
-    schema["paths"]["/v1/solve"]["post"]["responses"]["200"]["content"] |= sse
+    for path in ("/v1/solve", "/v1/completions"):
+        schema["paths"][path]["post"]["responses"]["200"]["content"] |= sse
 
 
 def install(app: FastAPI) -> None:
