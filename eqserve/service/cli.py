@@ -1,4 +1,4 @@
-"""The `eqserve` command: serve, solve, models, train, eval."""
+"""The `eqserve` command: serve, solve, complete, models, train, eval."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eqserve.engine.completion import CRITERIA
 from eqserve.models.builtin import TRAINERS
 from eqserve.models.registry import load_model
 from eqserve.service import config
@@ -83,6 +84,56 @@ def _stream_with_progress(client: Any, model: str, inp: dict[str, Any], every: i
         file=sys.stderr,
     )
     return result
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from eqserve.service.client import Client, EqserveError
+
+    options = {
+        "max_tokens": args.max_tokens,
+        "max_iters": args.max_iters,
+        "criterion": args.criterion,
+        "threshold": args.threshold,
+        "temperature": args.temperature,
+        "per_token": True,
+    }
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            if not args.stream:
+                print(json.dumps(client.complete(args.model, args.prompt, **options)))
+                return 0
+            with client.complete_stream(args.model, args.prompt, **options) as stream:
+                shade = _shader(sys.stdout.isatty(), options["max_iters"])
+                for event in stream:
+                    if event["type"] == "token":
+                        print(shade(event["text"], event["iterations"]), end="", flush=True)
+                result = stream.result
+        except EqserveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    assert result is not None
+    rec = result["usage"]["recurrence"]
+    print(
+        f"\n  {result['choices'][0]['finish_reason']}: {result['usage']['completion_tokens']} tokens, "
+        f"iterations per token {rec['per_token']} (mean {rec['mean']:.1f})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _shader(tty: bool, cap: int | None) -> Any:
+    """How a streamed token is printed: on a terminal, on a background from light (few iterations) to
+    dark (many, up to `cap` or 64); elsewhere as it is."""
+    top = cap or 64
+
+    def shade(text: str, iterations: int) -> str:
+        if not tty:
+            return text
+        level = 255 - round(min(iterations, top) / top * 20)  # 256-colour greys: 255 light … 235 dark
+        fg = 16 if level > 245 else 231
+        return f"\x1b[48;5;{level}m\x1b[38;5;{fg}m{text}\x1b[0m"
+
+    return shade
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -229,6 +280,21 @@ def parser() -> argparse.ArgumentParser:
     solve.add_argument("--url", default=DEFAULT_URL)
     solve.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
     solve.set_defaults(func=_solve)
+
+    complete = sub.add_parser("complete", help="complete a prompt with a looped LM on a running server")
+    complete.add_argument("model")
+    complete.add_argument("prompt")
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--max-iters", type=int, help="recurrence steps per token at most")
+    complete.add_argument("--criterion", choices=list(CRITERIA), help="the per-token exit rule")
+    complete.add_argument("--threshold", type=float, help="the exit rule's threshold")
+    complete.add_argument("--temperature", type=float)
+    complete.add_argument(
+        "--stream", action="store_true", help="print tokens as they come, shaded by their iterations"
+    )
+    complete.add_argument("--url", default=DEFAULT_URL)
+    complete.add_argument("--api-key", default=os.environ.get("EQSERVE_API_KEY"), help="[EQSERVE_API_KEY]")
+    complete.set_defaults(func=_complete)
 
     models = sub.add_parser("models", help="list the models of a running server")
     models.add_argument("--url", default=DEFAULT_URL)

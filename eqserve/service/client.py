@@ -61,9 +61,43 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _ws_url(url: str, api_key: str | None) -> str:
+def completion_body(
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int | None = None,
+    max_iters: int | None = None,
+    criterion: str | None = None,
+    threshold: float | None = None,
+    min_steps: int | None = None,
+    check_every: int | None = None,
+    timeout_s: float | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    per_token: bool = False,
+    continuous_compute: bool = False,
+) -> dict[str, Any]:
+    """The /v1/completions request body; options left None take the model's (or OpenAI's) defaults."""
+    exit_ = {"criterion": criterion, "threshold": threshold, "min_steps": min_steps}
+    exit_["check_every"] = check_every
+    budget: dict[str, Any] = {"max_iters": max_iters, "timeout_s": timeout_s}
+    budget = {k: v for k, v in budget.items() if v is not None}
+    budget["exit"] = {k: v for k, v in exit_.items() if v is not None}
+    top = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stop": stop}
+    return {
+        "model": model,
+        "prompt": prompt,
+        **{k: v for k, v in top.items() if v is not None},
+        "budget": budget,
+        "continuous_compute": continuous_compute,
+        "return": {"per_token": per_token},
+    }
+
+
+def _ws_url(url: str, api_key: str | None, path: str = "/v1/solve/stream") -> str:
     base = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
-    return f"{base}/v1/solve/stream" + (f"?token={api_key}" if api_key else "")
+    return f"{base}{path}" + (f"?token={api_key}" if api_key else "")
 
 
 def _raise_on_error(event: dict[str, Any]) -> dict[str, Any]:
@@ -109,8 +143,42 @@ class SolveStream:
         self.close()
 
 
+class CompletionStream:
+    """One streaming completion over a WebSocket: iterate it for its token events, then its result;
+    `cancel()` ends it with the tokens so far."""
+
+    def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
+        self._ws = ws_connect(_ws_url(url, api_key, "/v1/completions/stream")).__enter__()
+        self._ws.send(json.dumps(body))
+        self.result: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Token events (`text`, `iterations`, `exit_value`), then the result event."""
+        while True:
+            event = _raise_on_error(json.loads(self._ws.recv()))
+            yield event
+            if event["type"] == "result":
+                self.result = event
+                return
+
+    def cancel(self) -> None:
+        """Stop the completion; its result arrives with status `cancelled`."""
+        with contextlib.suppress(ConnectionClosed):
+            self._ws.send(json.dumps({"type": "cancel"}))
+
+    def close(self) -> None:
+        """Close the connection (the server cancels a completion still running)."""
+        self._ws.close()
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Client:
-    """Synchronous client: `solve`, `stream`, `models`, `model`."""
+    """Synchronous client: `solve`, `stream`, `complete`, `complete_stream`, `models`, `model`."""
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 600) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -124,6 +192,14 @@ class Client:
     def stream(self, model: str, input: dict[str, Any], **options: Any) -> SolveStream:
         """Start a streaming solve; iterate the returned stream for its events."""
         return SolveStream(self.url, solve_body(model, input, **options), self.api_key)
+
+    def complete(self, model: str, prompt: str, **options: Any) -> dict[str, Any]:
+        """A looped LM's completion of `prompt` (POST /v1/completions; options as `completion_body`)."""
+        return _check(self._http.post("/v1/completions", json=completion_body(model, prompt, **options)))
+
+    def complete_stream(self, model: str, prompt: str, **options: Any) -> CompletionStream:
+        """Start a streaming completion; iterate the returned stream for its tokens."""
+        return CompletionStream(self.url, completion_body(model, prompt, **options), self.api_key)
 
     def models(self) -> list[dict[str, Any]]:
         """The served models."""

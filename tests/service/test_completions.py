@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
 
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
+from eqserve.service.client import Client
 from eqserve.service.config import Settings
 from tests.conftest import make_client
 from tests.live_server import live_server
@@ -166,3 +171,41 @@ def test_the_official_openai_client_sync_async_streaming():
             return texts
 
         assert asyncio.run(both()) == ["23", "45"]
+
+
+def test_eqserve_client_and_cli_stream_tokens_with_their_iterations():
+    app = create_app(Settings(models=[]), {"count-lm": CountLM()})
+    with TestClient(app), live_server(app) as url, Client(url) as client:
+        done = client.complete("count-lm", "25", max_tokens=3, criterion="latent-diff", threshold=1e-3)
+        assert done["choices"][0]["text"] == "678"
+        with client.complete_stream("count-lm", "25", max_tokens=3, max_iters=5) as stream:
+            events = list(stream)
+        assert [e["iterations"] for e in events[:-1]] == [5, 5, 5]
+        assert stream.result is not None and stream.result["choices"][0]["text"] == "678"
+        options = ["--stream", "--max-tokens", "2", "--max-iters", "7", "--url", url]
+        cli = subprocess.run(
+            [sys.executable, "-m", "eqserve.service.cli", "complete", "count-lm", "5", *options],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout == "67"  # not a terminal: the tokens as they are, no shading
+    assert "[7, 7]" in cli.stderr
+
+
+def test_a_client_that_leaves_frees_its_row():
+    app = create_app(Settings(models=[]), {"count-lm": CountLM()})
+    engine_of = lambda: app.state.eq.served["count-lm"].engine  # noqa: E731
+    endless = {"max_iters": 10**4, "exit": {"criterion": "none"}}
+    body = {"model": "count-lm", "prompt": "1", "max_tokens": 500, "stream": True, "budget": endless}
+    with TestClient(app), live_server(app) as url:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # the first token is out: the completion runs
+            assert engine_of().running == 1
+        deadline = time.monotonic() + 30
+        while engine_of().running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine_of().running == 0
