@@ -28,6 +28,7 @@ class CountLM(LoopedLM):
     name = "count-lm"
     max_context = 32
     eos = EOS
+    example_prompt = "3"
 
     def __init__(self, fail_on: int | None = None) -> None:
         super().__init__()

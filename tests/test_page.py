@@ -16,10 +16,11 @@ from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
 from tests.live_server import live_server
+from tests.looped_models import CountLM
 from tests.shaped_models import Grid
 
-FINAL = ("converged", "max_iters", "deadline", "diverged", "cancelled", "error")
-MODELS = {"reciprocal": Reciprocal(), "grid": Grid(c=0.98)}
+FINAL = ("converged", "max_iters", "deadline", "diverged", "cancelled", "error", "stop", "length")
+MODELS = {"reciprocal": Reciprocal(), "grid": Grid(c=0.98), "count-lm": CountLM()}
 WAIT_S = 20
 
 
@@ -184,3 +185,28 @@ def test_a_2d_state_is_drawn_as_an_image_while_it_settles(browser: Any, server: 
     shot = tmp_path / "live-page-field.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_a_looped_lm_shows_its_tokens_shaded_by_their_iterations(browser: Any, server: str) -> None:
+    """CountLM's tokens take more steps the larger their digit (its loop contracts by 0.2 + 0.07·d):
+    the page shows each token as it comes, darker for more iterations."""
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server + "/")
+    wait(browser, lambda d: d.find_elements("css selector", "#model option[value='count-lm']"), "model list")
+    Select(browser.find_element("id", "model")).select_by_value("count-lm")
+    wait(browser, lambda d: d.find_element("id", "input").get_attribute("value") == "3", "example prompt")
+    assert not browser.find_element("id", "chart").is_displayed()
+    Select(browser.find_element("id", "criterion")).select_by_value("latent-diff")
+    for element_id, value in {"threshold": "1e-4", "max-iters": "60", "max-tokens": "9"}.items():
+        browser.find_element("id", element_id).clear()
+        browser.find_element("id", element_id).send_keys(value)
+    browser.find_element("id", "solve").click()
+    assert wait_result(browser, 1) == "stop"
+    spans = browser.find_elements("css selector", "#tokens span")
+    assert "".join(s.text for s in spans) == text(browser, "output") == "456789"
+    iterations = [int(s.get_attribute("data-iterations")) for s in spans]
+    assert iterations == sorted(iterations) and iterations[0] < iterations[-1]  # rate grows with the digit
+    shades = [s.value_of_css_property("background-color") for s in spans]
+    assert shades[0] != shades[-1]
+    assert int(text(browser, "iterations")) == sum(iterations)  # the end token's span is empty but counted

@@ -1,5 +1,6 @@
 // The live convergence page: pick a model, solve over WS /v1/solve/stream, draw the residual curve
-// and, for a model whose state is 2-D (an image, a field), the state itself as it settles.
+// and, for a model whose state is 2-D (an image, a field), the state itself as it settles. A looped
+// LM completes its prompt over WS /v1/completions/stream instead, each token shaded by its iterations.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +22,8 @@ const run = {
   frame: 0,
   fieldModel: false, // the model's state is 2-D or more: stream it (base64) and draw it
   field: null, // the newest streamed state, {encoding, dtype, shape, data}
+  looped: false, // the model is a looped LM: a prompt, completed token by token
+  maxIters: 1, // a looped LM's per-token cap: the darkest shade
 };
 
 // ---- fetches, with the API key as a bearer token ----
@@ -62,8 +65,19 @@ async function loadModel() {
   showError(null);
   try {
     const m = await api(`/v1/models/${encodeURIComponent($("model").value)}`);
-    const { budget, solver } = m.defaults;
     $("model-desc").textContent = m.description;
+    showKind(m.kind === "looped-lm");
+    if (run.looped) {
+      const { budget } = m.defaults;
+      $("input").value = m.example_input ? m.example_input.prompt : "";
+      $("max-iters").value = budget.max_iters;
+      $("criterion").value = budget.exit.criterion;
+      $("threshold").value = budget.exit.threshold;
+      $("check-every").value = budget.exit.check_every;
+      $("field-box").hidden = true;
+      return;
+    }
+    const { budget, solver } = m.defaults;
     $("input").value = prettyJson(m.example_input);
     $("max-iters").value = budget.max_iters;
     $("tol").value = budget.tol;
@@ -76,6 +90,15 @@ async function loadModel() {
   } catch (err) {
     showError(err.message);
   }
+}
+
+// The form and results of the model's kind: a fixed point (solve) or a looped LM (complete).
+function showKind(looped) {
+  run.looped = looped;
+  for (const node of document.querySelectorAll(".fp-only")) node.style.display = looped ? "none" : ""; // the chart is SVG: no `hidden`
+  for (const node of document.querySelectorAll(".lm-only")) node.hidden = !looped;
+  $("input-label").textContent = looped ? "Prompt" : "Input (JSON)";
+  $("solve").textContent = looped ? "Complete" : "Solve";
 }
 
 // ---- the request and the socket ----
@@ -117,11 +140,26 @@ function buildRequest() {
   };
 }
 
-function streamUrl() {
+function buildCompletion() {
+  const criterion = $("criterion").value;
+  return {
+    model: $("model").value,
+    prompt: $("input").value,
+    max_tokens: numberField("max-tokens", true),
+    budget: {
+      max_iters: numberField("max-iters", true),
+      timeout_s: numberField("timeout", false),
+      exit: { criterion, threshold: numberField("threshold", false), check_every: numberField("check-every", true) },
+    },
+    return: { per_token: true },
+  };
+}
+
+function streamUrl(path) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const key = $("api-key").value.trim();
   const query = key ? `?token=${encodeURIComponent(key)}` : "";
-  return `${scheme}://${location.host}/v1/solve/stream${query}`;
+  return `${scheme}://${location.host}${path}${query}`;
 }
 
 function solve(event) {
@@ -129,9 +167,13 @@ function solve(event) {
   showError(null);
   let request;
   try {
-    request = buildRequest();
+    request = run.looped ? buildCompletion() : buildRequest();
   } catch (err) {
     showError(err.message);
+    return;
+  }
+  if (run.looped) {
+    complete(request);
     return;
   }
   if (run.ws) run.ws.close();
@@ -146,7 +188,7 @@ function solve(event) {
   });
   clearSummary();
   $("output").textContent = "–";
-  const ws = new WebSocket(streamUrl());
+  const ws = new WebSocket(streamUrl("/v1/solve/stream"));
   run.ws = ws;
   ws.onopen = () => ws.send(JSON.stringify(request));
   ws.onmessage = (msg) => {
@@ -164,6 +206,64 @@ function solve(event) {
   };
   setRunning(true);
   draw();
+}
+
+// A completion: each token appended as it is decided, shaded by its recurrence steps.
+function complete(request) {
+  if (run.ws) run.ws.close();
+  run.results = 0;
+  run.maxIters = request.budget.max_iters || 1;
+  clearSummary();
+  const tokens = $("tokens");
+  tokens.replaceChildren();
+  tokens.dataset.tokens = "0";
+  const ws = new WebSocket(streamUrl("/v1/completions/stream"));
+  run.ws = ws;
+  ws.onopen = () => ws.send(JSON.stringify(request));
+  ws.onmessage = (msg) => {
+    if (run.ws === ws) handleToken(JSON.parse(msg.data));
+  };
+  ws.onclose = () => {
+    if (run.ws !== ws) return;
+    if (run.running) {
+      setStatus("error");
+      showError("the connection closed before the result");
+    }
+    run.ws = null;
+    setRunning(false);
+  };
+  setRunning(true);
+}
+
+function handleToken(event) {
+  if (event.type === "token") {
+    const span = document.createElement("span");
+    span.textContent = event.text;
+    const share = Math.min(event.iterations / run.maxIters, 1);
+    span.style.background = `hsl(220, 70%, ${Math.round(95 - 55 * share)}%)`;
+    span.style.color = share > 0.6 ? "#fff" : "#111";
+    span.title = `${event.iterations} iterations, exit value ${event.exit_value ?? "–"}`;
+    span.dataset.iterations = event.iterations;
+    const tokens = $("tokens");
+    tokens.append(span);
+    tokens.dataset.tokens = tokens.children.length;
+    $("streamed").textContent = tokens.children.length;
+  } else if (event.type === "result") {
+    run.results += 1;
+    const rec = event.usage.recurrence;
+    setStatus(event.status === "ok" ? event.choices[0].finish_reason : event.status);
+    $("iterations").textContent = rec.total;
+    $("queue-ms").textContent = event.timing.queue_ms.toFixed(2);
+    $("solve-ms").textContent = event.timing.solve_ms.toFixed(2);
+    $("per-iter-us").textContent = rec.total ? ((event.timing.solve_ms * 1e3) / rec.total).toFixed(1) : "–";
+    $("output").textContent = event.choices[0].text;
+    setRunning(false);
+  } else if (event.type === "error") {
+    const e = event.error;
+    showError(`${e.type}: ${e.message}${e.field ? ` (${e.field})` : ""}`);
+    setStatus("error");
+    setRunning(false);
+  }
 }
 
 function handle(event) {
