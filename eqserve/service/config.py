@@ -132,6 +132,20 @@ class Settings:
             "that a stream client that stops reading is noticed within a second and its solve muted"
         },
     )
+    engine_process: str = field(
+        default="on",
+        metadata={
+            "help": "on: each model's engine runs in a process of its own, restarted when it dies; off: "
+            "in the HTTP process (debugging, the smallest boxes)"
+        },
+    )
+    max_model_rss: int = field(
+        default=0,
+        metadata={
+            "help": "MiB of resident memory an engine process may grow to before it is drained and "
+            "restarted (0: no bound)"
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def __post_init__(self) -> None:
@@ -143,6 +157,10 @@ class Settings:
             raise ValueError(f"batching must be continuous or static, not {self.batching!r}")
         if self.kernels not in CHOICES:
             raise ValueError(f"kernels must be one of {', '.join(CHOICES)}, not {self.kernels!r}")
+        if self.engine_process not in ("on", "off"):
+            raise ValueError(f"engine_process must be on or off, not {self.engine_process!r}")
+        if self.max_model_rss < 0:
+            raise ValueError("max_model_rss must be ≥ 0")
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be ≥ 0")
         if self.send_buffer < 0:

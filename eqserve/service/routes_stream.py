@@ -12,14 +12,14 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from eqserve.engine.errors import ModelStepError
+from eqserve.engine.errors import EngineDied, ModelStepError
 from eqserve.engine.job import SolveJob, SolveResult, extend_job
 from eqserve.service import auth
 from eqserve.service.drain import refusal
 from eqserve.service.errors import ApiError, error_body, internal_error, parse_json, validate
 from eqserve.service.responses import to_response
 from eqserve.service.schemas import ExtendMessage, SolveRequest
-from eqserve.service.state import Served, ServerState
+from eqserve.service.state import Served, ServerState, engine_down
 from eqserve.service.streams import EventStream, iterate_encoder
 from eqserve.service.ws_protocol import SEND_TEXTS
 
@@ -55,7 +55,12 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
         if exc is None:
             stream.finish(result_event(served.meta.name, f.result()))
             return
-        err = model_error(exc, job.id) if isinstance(exc, ModelStepError) else internal_error(exc, job.id)
+        if isinstance(exc, EngineDied):
+            err = engine_down(exc)
+        elif isinstance(exc, ModelStepError):
+            err = model_error(exc, job.id)
+        else:
+            err = internal_error(exc, job.id)
         stream.finish(error_event(err.type, err.message))
 
     def give_up() -> None:  # the worker did not answer by the deadline: it is stuck in a step

@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from eqserve.engine.errors import ModelStepError
+from eqserve.engine.errors import EngineDied, ModelStepError
 from eqserve.engine.job import SolveJob, SolveResult
 from eqserve.service.errors import read_json
 from eqserve.service.responses import to_response
 from eqserve.service.routes_stream import model_error, parse_solve, sse_response, stuck_error
 from eqserve.service.schemas import SolveResponse
-from eqserve.service.state import Served, ServerState
+from eqserve.service.state import Served, ServerState, engine_down
 
 router = APIRouter()
 
@@ -49,6 +49,8 @@ async def wait_result(request: Request, job: SolveJob, fut: asyncio.Future) -> S
         raise
     except ModelStepError as exc:
         raise model_error(exc, job.id) from None
+    except EngineDied as exc:
+        raise engine_down(exc) from None
 
 
 @router.post("/v1/solve", response_model=SolveResponse, response_model_exclude_unset=True)

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from eqserve.engine.core import Engine
-from eqserve.engine.errors import EngineClosed, QueueFull
+from eqserve.engine.errors import EngineClosed, EngineDied, QueueFull
 from eqserve.engine.job import SolveJob
-from eqserve.kernels.compiled import compiled_step
-from eqserve.kernels.dispatch import select_backend
+from eqserve.engine.supervisor import ProcessEngine
 from eqserve.models.base import ImplicitModel, ModelMeta
 from eqserve.models.registry import ModelLoadError, ModelSource, from_directory, repository, resolve
 from eqserve.service.config import Settings
+from eqserve.service.engines import make_engine
 from eqserve.service.errors import ApiError
 from eqserve.service.jobs import build_job
 from eqserve.service.metrics import Metrics
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 UNLOAD_POLL_S = 0.02
 """How often an unload looks whether the model's last solves have been answered."""
 
+RESTART_RETRY_S = 1
+"""Retry-After of a solve refused while its model's engine process restarts."""
+
 
 @dataclass
 class Served:
@@ -37,7 +40,7 @@ class Served:
 
     model: ImplicitModel
     meta: ModelMeta
-    engine: Engine
+    engine: Engine | ProcessEngine
     source: ModelSource | None = None
 
 
@@ -92,18 +95,7 @@ class ServerState:
     def _serve(self, model: ImplicitModel, source: ModelSource | None = None) -> Served:
         """Start a worker for `model`."""
         meta = model.meta()
-        chosen = set(self.settings.compile_step)
-        compile_it = bool({model.name, "*"} & chosen) or ("auto" in chosen and type(model).compile_step)
-        engine = Engine(
-            model,
-            max_batch_rows=self.settings.max_batch_rows,
-            max_queue=self.settings.max_queue,
-            batching=self.settings.batching,  # type: ignore[arg-type]
-            backend=select_backend(self.settings.kernels, model.device(), meta.fused_kernel),
-            torch_threads=self.settings.torch_threads,
-            batch_invariant=bool({model.name, "*"} & set(self.settings.batch_invariant)),
-            step=compiled_step(model, self.settings.max_batch_rows) if compile_it else None,
-        )
+        engine = make_engine(model, source, self.settings)
         self.metrics.observe(engine)
         engine.start()
         return Served(model, meta, engine, source)
@@ -211,6 +203,8 @@ class ServerState:
             raise ApiError(429, "overloaded", str(exc), headers=headers) from None
         except EngineClosed as exc:
             raise ApiError(503, "unloading", str(exc), "model", {"Retry-After": "1"}) from None
+        except EngineDied as exc:
+            raise engine_down(exc) from None
 
     def worker_ok(self, served: Served) -> bool:
         """Its worker runs and is not stuck: no tick of it has lasted past `stuck_tick_s` (a hung step
@@ -225,3 +219,8 @@ class ServerState:
     def ready(self) -> bool:
         """Every model is loaded and its worker runs, none stuck."""
         return bool(self.served) and not self.not_ready()
+
+
+def engine_down(exc: EngineDied) -> ApiError:
+    """The 503 of a solve whose model's engine process is restarting (or died before it started)."""
+    return ApiError(503, "engine_restarting", str(exc), "model", {"Retry-After": str(RESTART_RETRY_S)})

@@ -113,6 +113,8 @@ class EventStream:
         self._stride = 1
         self._every = self._period = 1
         """The attached job's `every`, and every·stride: the iterates the stream wants."""
+        self.on_period: Callable[[int], None] | None = None
+        """Told each new period: an engine in another process decides which iterates are due from it."""
         self._last_t = 0
         self._progress = time.monotonic()
         self.skipped = 0
@@ -144,8 +146,17 @@ class EventStream:
         period = self._period
         return NEVER if period >= NEVER else (t // period + 1) * period
 
+    @property
+    def period(self) -> int:
+        """Every how many iterations the stream wants an iterate (NEVER while muted)."""
+        return self._period
+
     def _throttle(self, stride: int) -> None:
-        self._period = NEVER if stride >= NEVER else self._every * stride
+        period = NEVER if stride >= NEVER else self._every * stride
+        if period != self._period:
+            self._period = period
+            if self.on_period is not None:
+                self.on_period(period)
 
     def push(self, t: int, residual: float, rel_residual: float, y: torch.Tensor | None) -> None:
         """The engine's iterate hook (worker thread): buffer, and wake the consumer if it sleeps.

@@ -1,0 +1,42 @@
+"""Models for the engine-process tests: importable by the engine process (`tests.process_models:X`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from eqserve.models.base import Ctx
+from eqserve.models.reciprocal import Reciprocal
+
+CRASH_X = 1.45
+"""A batch holding a row with this x ends its engine process from inside the step."""
+
+HOG_X = 1.55
+"""A batch holding a row with this x makes its step keep `HOG_MIB` MiB for good."""
+
+HOG_MIB = 400
+
+_kept: list[bytearray] = []
+
+
+class Crashing(Reciprocal):
+    """Reciprocal whose step exits the process (as a segfaulting extension would) on CRASH_X."""
+
+    name = "crashing"
+
+    def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        if (ctx["x"] == CRASH_X).any():
+            os._exit(3)
+        return super().step(y, ctx)
+
+
+class Hog(Reciprocal):
+    """Reciprocal whose step leaks HOG_MIB MiB (touched, so resident) each time it sees HOG_X."""
+
+    name = "hog"
+
+    def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+        if (ctx["x"] == HOG_X).any():
+            _kept.append(bytearray(os.urandom(1)) * (HOG_MIB * 2**20))
+        return super().step(y, ctx)
