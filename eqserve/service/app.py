@@ -18,6 +18,7 @@ from eqserve.service.errors import error_body, install_handlers
 from eqserve.service.limits import BodyCap
 from eqserve.service.openapi import install as install_openapi
 from eqserve.service.routes_analyze import router as analyze_router
+from eqserve.service.routes_completions import router as completions_router
 from eqserve.service.routes_docs import mount_docs
 from eqserve.service.routes_page import mount_page
 from eqserve.service.routes_repository import router as repository_router
@@ -49,6 +50,7 @@ def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = Non
     app.include_router(v1_router, dependencies=[Depends(require_key)])
     app.include_router(analyze_router, dependencies=[Depends(require_key)])
     app.include_router(stream_router)
+    app.include_router(completions_router)
     app.include_router(v2_health_router)
     app.include_router(v2_router, dependencies=[Depends(require_key)])
     if settings.model_control:

@@ -67,6 +67,9 @@ class Settings:
         },
     )
     max_iters_cap: int = field(default=10_000, metadata={"help": "largest budget.max_iters accepted"})
+    max_tokens_cap: int = field(
+        default=512, metadata={"help": "largest max_tokens a looped LM's completion may ask for"}
+    )
     analyze_cap: int = field(
         default=200_000, metadata={"help": "most row-iterations one /v1/analyze may spend (rows × max t)"}
     )
@@ -165,6 +168,8 @@ class Settings:
             raise ValueError("torch_threads must be ≥ 0")
         if self.send_buffer < 0:
             raise ValueError("send_buffer must be ≥ 0")
+        if self.max_tokens_cap < 1:
+            raise ValueError("max_tokens_cap must be ≥ 1")
         if self.max_batch_rows < 1 or self.max_queue < 0:
             raise ValueError("max_batch_rows must be ≥ 1 and max_queue ≥ 0")
         if self.max_body_bytes < 1 or self.max_connections < 1:

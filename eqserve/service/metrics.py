@@ -15,8 +15,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from eqserve.engine.completion import CompletionJob, CompletionResult
 from eqserve.engine.core import Engine
 from eqserve.engine.job import SolveJob, SolveResult
+from eqserve.engine.tokens import TokenEngine
 from eqserve.kernels.reference import Stop
 
 disable_created_metrics()  # the *_created series only double the scrape size
@@ -50,7 +52,7 @@ class Metrics:
     def __init__(self, max_iters_cap: int) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.engines: list[Engine] = []
+        self.engines: list[Engine | TokenEngine] = []
         r.register(_EngineGauges(self.engines))
         self.requests = Counter(
             "eqserve_requests", "Finished solves by final status", ["model", "status"], registry=r
@@ -99,6 +101,19 @@ class Metrics:
             buckets=iteration_buckets(max_iters_cap),
             registry=r,
         )
+        self.token_iterations = Histogram(
+            "eqserve_token_iterations",
+            "Recurrence steps a looped LM's token took",
+            ["model"],
+            buckets=iteration_buckets(max_iters_cap),
+            registry=r,
+        )
+        self.token_exits = Counter(
+            "eqserve_token_exits",
+            "Tokens decided, by the request's exit criterion and what stopped the loop (rule or budget)",
+            ["model", "criterion", "by"],
+            registry=r,
+        )
         self.final_residual = Histogram(
             "eqserve_final_residual",
             "Absolute residual when a solve stopped",
@@ -107,12 +122,13 @@ class Metrics:
             registry=r,
         )
 
-    def observe(self, engine: Engine) -> None:
+    def observe(self, engine: Engine | TokenEngine) -> None:
         """Attach to an engine: its events feed the counters and histograms, its queues the gauges."""
-        engine.observer = _EngineObserver(self, engine.name)
+        kind = _TokenObserver if isinstance(engine, TokenEngine) else _EngineObserver
+        engine.observer = kind(self, engine.name)
         self.engines.append(engine)
 
-    def forget(self, engine: Engine) -> None:
+    def forget(self, engine: Engine | TokenEngine) -> None:
         """Detach a stopped engine: its gauges leave the exposition (its counters stay, per model)."""
         self.engines.remove(engine)
 
@@ -165,6 +181,25 @@ class _EngineObserver:
         self.iters.observe(result.iterations)
         if result.residual is not None and result.residual == result.residual:
             self.residual.observe(result.residual)
+
+
+class _TokenObserver(_EngineObserver):
+    """A looped LM's events: completions, and every token's inner steps and exit."""
+
+    def __init__(self, m: Metrics, model: str) -> None:
+        super().__init__(m, model)
+        self.token_iters = m.token_iterations.labels(model)
+
+    def token(self, job: CompletionJob, iterations: int, by_rule: bool) -> None:
+        """A token was decided after `iterations` inner steps."""
+        self.token_iters.observe(iterations)
+        self.m.token_exits.labels(self.model, job.rule.criterion, "rule" if by_rule else "budget").inc()
+
+    def finished(self, job: CompletionJob, result: CompletionResult) -> None:  # type: ignore[override]
+        """A completion ended (or failed): its status and latency."""
+        self.m.requests.labels(self.model, result.status).inc()
+        self.latency.observe(result.queue_ms / 1e3 + result.solve_ms / 1e3)
+        self.iters.observe(result.total_iterations)
 
 
 class _EngineGauges(Collector):

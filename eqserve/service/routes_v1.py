@@ -72,22 +72,36 @@ def describe(served: Served, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": meta.name,
         "description": meta.description,
+        "kind": "looped-lm" if served.looped else "fixed-point",
         "state_shape": meta.state_shape,
         "dtype": meta.dtype,
         "fused_kernel": meta.fused_kernel,
-        "defaults": {
-            "budget": {
-                "max_iters": meta.default_max_iters,
-                "tol": meta.default_tol,
-                "stop_mode": meta.default_stop_mode,
-            },
-            "solver": meta.default_solver,
+    }
+    if served.looped:
+        rule = served.model.default_exit  # type: ignore[union-attr]
+        exit_ = {
+            "criterion": rule.criterion,
+            "threshold": rule.threshold,
+            "min_steps": rule.min_steps,
+            "check_every": rule.check_every,
+        }
+        out["defaults"] = {"budget": {"max_iters": rule.max_iters, "exit": exit_}}
+        if full:
+            out["example_input"] = meta.example_input
+            out["max_context"] = served.model.max_context  # type: ignore[union-attr]
+        return out
+    out["defaults"] = {
+        "budget": {
+            "max_iters": meta.default_max_iters,
+            "tol": meta.default_tol,
+            "stop_mode": meta.default_stop_mode,
         },
+        "solver": meta.default_solver,
     }
     if full:
         out["example_input"] = meta.example_input
-        out["input_schema"] = served.model.input_schema()
-        out["output_schema"] = served.model.output_schema()
+        out["input_schema"] = served.model.input_schema()  # type: ignore[union-attr]
+        out["output_schema"] = served.model.output_schema()  # type: ignore[union-attr]
     return out
 
 
@@ -100,4 +114,4 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{name}")
 async def get_model(name: str, request: Request) -> dict[str, Any]:
     """One model: schemas, defaults, an example input."""
-    return describe(_state(request).get(name), full=True)
+    return describe(_state(request).get(name, "any"), full=True)

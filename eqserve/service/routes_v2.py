@@ -137,7 +137,7 @@ async def model_metadata(name: str, request: Request) -> dict[str, Any]:
 async def model_ready(name: str, request: Request) -> JSONResponse:
     """The model's worker runs and is not stuck, and the server is not draining (503 otherwise)."""
     state: ServerState = request.app.state.eq
-    ok = state.worker_ok(state.get(name)) and not request.app.state.drain.draining
+    ok = state.worker_ok(state.get(name, "any")) and not request.app.state.drain.draining
     return JSONResponse({"name": name, "ready": ok}, 200 if ok else 503)
 
 
