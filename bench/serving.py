@@ -1,4 +1,5 @@
-"""Serving benchmark: continuous vs static vs sequential batching over real HTTP.
+"""Serving benchmark: continuous vs static vs sequential batching over real HTTP, and continuous batching
+with the engine in its own process (the default) vs in the HTTP process (`in-process`).
 
 Starts one `eqserve serve` process per mode on a free local port, sends each the same seeded list
 of N requests (tolerances log-uniform in [1e-6, 1e-2], budgets large enough to converge) from C
@@ -39,7 +40,7 @@ from http_load import Connection, HttpError
 from eqserve.models.shipped import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("sequential", "static", "continuous")
+MODES = ("sequential", "static", "continuous", "in-process")
 TOL_RANGE = (1e-6, 1e-2)
 READY_TIMEOUT_S = 120.0
 BUSY_OTHER_CPU = 0.15
@@ -230,10 +231,27 @@ def system_cpu_s() -> float:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc), NaN elsewhere."""
+    """User + system CPU seconds of a live process and its live descendants (the server's engine
+    processes) (Linux /proc), NaN elsewhere."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        parents: dict[int, list[int]] = {}
+        cpu: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            child = int(entry.name)
+            parents.setdefault(int(fields[1]), []).append(child)
+            cpu[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total, todo = 0.0, [pid]
+        while todo:
+            p = todo.pop()
+            total += cpu.get(p, 0.0)
+            todo += parents.get(p, [])
+        return total if pid in cpu else math.nan
     except (OSError, IndexError, ValueError):
         return math.nan
 
@@ -461,7 +479,7 @@ def print_table(results: list[ModeResult]) -> None:
             f"{r.cpu_share('other'):>6.0%}"
         )
     print("queue/solve ms: server-side means per request; rows/tick, tick us, eng busy: the engine's own")
-    print("/metrics (eng busy = time in ticks / wall); srv cpu: server process CPU / wall (100% = one core);")
+    print("/metrics (eng busy = time in ticks / wall); srv cpu: server processes (front, engines) / wall;")
     print("srv/cli ms/rq: CPU ms per request of the server and of this client; other: every other process")
     if busy := [r.mode for r in results if r.cpu_share("other") > BUSY_OTHER_CPU]:
         print(f"WARNING: other processes used CPU during {', '.join(busy)}: the numbers are contaminated")
@@ -482,6 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, N/rounds requests each (3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    p.add_argument("--api-workers", type=int, default=1, help="HTTP front processes of the continuous mode")
     return p.parse_args(argv)
 
 
@@ -508,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         "static": [*common, "--max-batch-rows", str(args.max_batch_rows), "--batching", "static"],
         "continuous": [*common, "--max-batch-rows", str(args.max_batch_rows), "--batching", "continuous"],
     }
+    flags["in-process"] = [*flags["continuous"], "--engine-process", "off"]
+    if args.api_workers > 1:
+        flags["continuous"] += ["--api-workers", str(args.api_workers)]
     print(
         f"eqserve serving benchmark: model {args.model}, N={n}, C={conc}, {rounds} rounds, "
         f"warm-up {warm_n}, tol log-uniform {TOL_RANGE[0]:g}..{TOL_RANGE[1]:g}, "
@@ -550,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             "engine_busy": round(r.engine_busy, 3),
         }
     if "continuous" in by:
-        for base in ("static", "sequential"):
+        for base in ("static", "sequential", "in-process"):
             if base in by:
                 summary[f"ratio_continuous_vs_{base}"] = round(by["continuous"].rps / by[base].rps, 3)
     summary["machine"] = {

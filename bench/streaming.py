@@ -11,7 +11,10 @@ buffer is bounded by `--send-buffer`), then its solve is muted (`stalled_events`
 received). The client is bench/ws_load.py, a lean reader: the websockets library's client took
 ~11 µs of the two cores' CPU per event.
 
-    .venv/bin/python bench/streaming.py [--quick] [--models reciprocal,deq-mlp]
+Each model is measured on a server whose engines run in engine processes (`--engine-process on`, the
+default) and on one whose engines run in the HTTP process (`off`, the baseline).
+
+    .venv/bin/python bench/streaming.py [--quick] [--models reciprocal,deq-mlp] [--engine-process on,off]
 """
 
 from __future__ import annotations
@@ -133,22 +136,26 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20_000, help="budget of the streamed solve")
     p.add_argument("--repeat", type=int, default=None, help="unstreamed/streamed pairs (default 5, quick 3)")
     p.add_argument("--quick", action="store_true", help="a 5,000-iteration budget")
+    p.add_argument("--engine-process", default="on,off", help="the servers measured, one per value")
     args = p.parse_args()
     iters = 5_000 if args.quick else args.iters
     repeat = args.repeat or (3 if args.quick else 5)
     models = [m for m in args.models.split(",") if m]
     flags = ["--models", ",".join(models), "--max-iters-cap", str(10**9), "--stream-buffer", "64"]
-    with Server(flags) as server:
-        server.wait_ready()
-        rows = [measure(server.url, m, iters, repeat) for m in models]
+    rows = []
+    for mode in args.engine_process.split(","):
+        with Server([*flags, "--engine-process", mode]) as server:
+            server.wait_ready()
+            rows += [{"engine_process": mode} | measure(server.url, m, iters, repeat) for m in models]
     print(
-        f"{'model':<11} {'iters':>7} {'events/s':>9} {'dropped':>7} {'tick µs':>8} {'streamed':>9} "
-        f"{'slowdown':>8} {'stalled':>8} {'slowdown':>8} {'dropped':>8}"
+        f"{'engine':<7} {'model':<11} {'iters':>7} {'events/s':>9} {'dropped':>7} {'tick µs':>8} "
+        f"{'streamed':>9} {'slowdown':>8} {'stalled':>8} {'slowdown':>8} {'dropped':>8}"
     )
     for r in rows:
         print(
-            f"{r['model']:<11} {r['iterations']:>7} {r['events_per_s']:>9,.0f} {r['dropped']:>7} "
-            f"{r['tick_us_plain']:>8.1f} {r['tick_us_streamed']:>9.1f} {r['tick_slowdown_streamed']:>+8.1%} "
+            f"{r['engine_process']:<7} {r['model']:<11} {r['iterations']:>7} {r['events_per_s']:>9,.0f} "
+            f"{r['dropped']:>7} {r['tick_us_plain']:>8.1f} {r['tick_us_streamed']:>9.1f} "
+            f"{r['tick_slowdown_streamed']:>+8.1%} "
             f"{r['tick_us_stalled']:>8.1f} {r['tick_slowdown_stalled']:>+8.1%} {r['stalled_dropped']:>8}"
         )
     print(
