@@ -8,25 +8,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Criterion = Literal["none", "latent-diff", "entropy-diff", "kl", "argmax-stability"]
-"""Huginn's exit criteria: a token's inner loop stops once its exit value passes the threshold."""
-
-CRITERIA: tuple[str, ...] = ("none", "latent-diff", "entropy-diff", "kl", "argmax-stability")
-
-NEEDS_LOGITS = frozenset({"entropy-diff", "kl", "argmax-stability"})
-"""Criteria that look at the distribution: the coda and head run every `check_every` inner steps."""
-
-
-@dataclass(frozen=True)
-class ExitRule:
-    """When a token's inner loop stops: its value below `threshold` (argmax-stability: that many checks
-    without the top token changing), never before `min_steps`, always at `max_iters`."""
-
-    criterion: Criterion = "none"
-    threshold: float = 0.0
-    min_steps: int = 1
-    check_every: int = 1
-    max_iters: int = 32
+from eqserve.models.looped import ExitRule
 
 
 @dataclass

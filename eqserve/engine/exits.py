@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+NEEDS_LOGITS = frozenset({"entropy-diff", "kl", "argmax-stability"})
+"""Criteria that look at the distribution: the coda and head run every `check_every` inner steps."""
+
 
 def latent_diff(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     """‖s_j − s_{j−1}‖ / ‖s_j‖ per row: how far the latent state still moves."""

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from eqserve.engine import exits
-from eqserve.engine.completion import NEEDS_LOGITS, CompletionJob, CompletionResult, FinishReason, TokenEvent
+from eqserve.engine.completion import CompletionJob, CompletionResult, FinishReason, TokenEvent
 from eqserve.engine.errors import ModelStepError
 from eqserve.engine.observer import NullObserver
 from eqserve.engine.scheduler import POLICIES, Row, Scheduler
@@ -236,7 +236,7 @@ class TokenEngine:
         s = torch.cat([q.s for q in live])
         new = model.core_step(s, torch.cat([q.e for q in live]), [q.cache for q in live], [q.j for q in live])
         diffs: list[float] | None = None
-        peek = [i for i, q in enumerate(live) if q.job.rule.criterion in NEEDS_LOGITS and self._checks(q)]
+        peek = [i for i, q in enumerate(live) if q.job.rule.criterion in exits.NEEDS_LOGITS and _checks(q)]
         logp = None
         if peek:
             logp = exits.log_probs(model.logits(new[peek], [live[i].cache for i in peek], False))
@@ -256,11 +256,6 @@ class TokenEngine:
             passed = value is not None and (value >= rule.threshold if stable else value < rule.threshold)
             q.ruled = rule.criterion != "none" and q.j >= rule.min_steps and passed
             q.exited = q.ruled or q.j >= rule.max_iters
-
-    @staticmethod
-    def _checks(q: Seq) -> bool:
-        """Whether this inner step (after the one now running) looks at the distribution."""
-        return (q.j + 1) % q.job.rule.check_every == 0
 
     @staticmethod
     def _judge_distributions(rows: list[Seq], logp: torch.Tensor) -> None:
@@ -374,6 +369,11 @@ class TokenEngine:
                 q.job.future.set_exception(error)
                 self.observer.finished(q.job, self._result(q, "error", "cancelled"))
         self._reindex([])
+
+
+def _checks(q: Seq) -> bool:
+    """Whether the inner step now running looks at the distribution."""
+    return (q.j + 1) % q.job.rule.check_every == 0
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:

@@ -15,15 +15,32 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from eqserve.engine.completion import ExitRule
 from eqserve.models.base import ModelMeta
+
+Criterion = Literal["none", "latent-diff", "entropy-diff", "kl", "argmax-stability"]
+"""Huginn's exit criteria: a token's inner loop stops once its exit value passes the threshold."""
+
+CRITERIA: tuple[str, ...] = ("none", "latent-diff", "entropy-diff", "kl", "argmax-stability")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """When a token's inner loop stops: its value below `threshold` (argmax-stability: that many checks
+    without the top token changing), never before `min_steps`, always at `max_iters`."""
+
+    criterion: Criterion = "none"
+    threshold: float = 0.0
+    min_steps: int = 1
+    check_every: int = 1
+    max_iters: int = 32
 
 
 class LoopedLM(nn.Module, ABC):

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eqserve.engine.completion import CRITERIA
-from eqserve.models.builtin import TRAINERS
+from eqserve.models.builtin import LOOPED, TRAINERS
+from eqserve.models.looped import CRITERIA
 from eqserve.models.registry import load_model
 from eqserve.service import config
 from eqserve.service.client import DEFAULT_URL
@@ -220,7 +220,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     iters = [int(s) for s in args.iters.split(",") if s.strip()]
     try:
-        report = load_model(args.model).evaluate(iters)
+        model = LOOPED[args.model]() if args.model in LOOPED else load_model(args.model)
+        report = model.evaluate(iters)
     except NotImplementedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

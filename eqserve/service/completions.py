@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eqserve.engine.completion import CompletionJob, CompletionResult, Criterion, ExitRule, TokenEvent
+from eqserve.engine.completion import CompletionJob, CompletionResult, TokenEvent
 from eqserve.engine.job import new_id
 from eqserve.models.base import FiniteFloat, InputError
-from eqserve.models.looped import LoopedLM
+from eqserve.models.looped import Criterion, ExitRule, LoopedLM
 from eqserve.service.config import Settings
 from eqserve.service.errors import ApiError
 from eqserve.service.streams import finite_or_none

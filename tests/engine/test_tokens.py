@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from eqserve.engine.completion import CompletionJob, CompletionResult, ExitRule, TokenEvent
+from eqserve.engine.completion import CompletionJob, CompletionResult, TokenEvent
 from eqserve.engine.errors import ModelStepError
 from eqserve.engine.tokens import TokenEngine
+from eqserve.models.looped import ExitRule
 from tests.looped_models import EOS, CountLM, rate
 
 _ids = itertools.count()
