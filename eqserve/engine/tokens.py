@@ -5,8 +5,9 @@ whatever its token and inner step; a row whose exit rule (or per-token budget) s
 token through the coda and head, and starts its next token's inner loop at the next step, while its
 batch-mates go on. A newcomer joins at the next step. The `static` policy is the baseline the
 reference `generate` gives: a batch is admitted together, every token waits until the batch's
-slowest row has exited, and the answers go out together (rows that exited wait uncomputed, which
-makes the baseline no slower than the reference, which keeps computing them).
+slowest row has exited, and the answers go out together. A row that has exited is computed while it
+waits, as the reference computes it (it repeats its last step: the same cost, the same bits); a
+finished one waits uncomputed, which makes the baseline a little faster than the reference.
 
 The engine has the same outside as `eqserve.engine.core.Engine` (start, stop, close, submit,
 alive, busy_s, steps, waiting, running, idle, observer), so the server runs it like any engine.
@@ -45,6 +46,8 @@ class Seq:
     generator: torch.Generator | None
     e: torch.Tensor = field(init=False)
     s: torch.Tensor = field(init=False)
+    s_in: torch.Tensor = field(init=False)
+    """The input of the current token's last core step (a static batch's idle row repeats it)."""
     j: int = 0
     """Inner steps the current token has run."""
     value: float | None = None
@@ -205,8 +208,10 @@ class TokenEngine:
         """One core step for every live row; then the rows whose loop stopped emit their tokens."""
         start = time.perf_counter()
         live = [q for q in self.seqs if not q.exited and q.done is None]
+        # the baseline's rows that wait for the slowest are computed as the reference computes them
+        held = [q for q in self.seqs if q.exited and q.done is None] if self.policy.holds else []
         if live:
-            self._advance(live)
+            self._advance(live, held)
         self.scheduler.steps += 1
         now = time.monotonic()
         for q in live:
@@ -230,11 +235,16 @@ class TokenEngine:
         self.last_run_rows = len(live)
         self.observer.ran(time.perf_counter() - start, 1, len(live), len(live))
 
-    def _advance(self, live: list[Seq]) -> None:
-        """One core step of `live` and their exit values; marks the rows whose loop stops."""
+    def _advance(self, live: list[Seq], held: list[Seq]) -> None:
+        """One core step of `live` and their exit values; marks the rows whose loop stops. The `held`
+        rows (static batching) repeat their last step, which writes their caches the same bits again,
+        so they cost what the reference's idle rows cost and change nothing."""
         model = self.model
-        s = torch.cat([q.s for q in live])
-        new = model.core_step(s, torch.cat([q.e for q in live]), [q.cache for q in live], [q.j for q in live])
+        rows = live + held
+        s = torch.cat([q.s for q in live] + [q.s_in for q in held])
+        steps = [q.j for q in live] + [q.j - 1 for q in held]
+        new = model.core_step(s, torch.cat([q.e for q in rows]), [q.cache for q in rows], steps)[: len(live)]
+        s = s[: len(live)]
         diffs: list[float] | None = None
         peek = [i for i, q in enumerate(live) if q.job.rule.criterion in exits.NEEDS_LOGITS and _checks(q)]
         logp = None
@@ -243,7 +253,7 @@ class TokenEngine:
         if any(q.job.rule.criterion == "latent-diff" for q in live):
             diffs = exits.latent_diff(s, new).tolist()
         for i, q in enumerate(live):
-            q.s = new[i : i + 1]
+            q.s_in, q.s = s[i : i + 1], new[i : i + 1]
             q.j += 1
             criterion = q.job.rule.criterion
             if criterion == "latent-diff":
