@@ -7,6 +7,7 @@ from importlib import import_module
 from pathlib import Path
 
 from eqserve.models.base import ImplicitModel
+from eqserve.models.looped import LoopedLM
 from eqserve.models.shipped import WEIGHTS_DIR
 
 
@@ -45,6 +46,17 @@ def ns_fno() -> ImplicitModel:
     return NsFno.from_weights(WEIGHTS_DIR / "ns-fno.safetensors")
 
 
+def looped_lm() -> LoopedLM:
+    """The looped (recurrent-depth) LM in Huginn's layout with its shipped weights."""
+    from eqserve.models.looped_lm import checkpoint
+
+    return checkpoint.load(WEIGHTS_DIR / "looped-lm.safetensors")
+
+
+LOOPED: dict[str, Callable[[], LoopedLM]] = {"looped-lm": looped_lm}
+"""The built-in looped LMs by name: `eqserve eval` builds these here (the registry serves implicit models)."""
+
+
 def _trainer(module: str) -> Callable[..., dict]:
     """`module`'s `train(out_dir, **options)`, imported when called (training code is heavy)."""
 
@@ -56,6 +68,6 @@ def _trainer(module: str) -> Callable[..., dict]:
 
 TRAINERS: dict[str, Callable[..., dict]] = {
     name: _trainer(f"eqserve.models.{name.replace('-', '_')}.train")
-    for name in ("deq-mlp", "lp-gnn", "deblur", "ns-fno")
+    for name in ("deq-mlp", "lp-gnn", "deblur", "ns-fno", "looped-lm")
 }
 """`eqserve train NAME`: the built-in models that have weights, and the code that trains them."""
