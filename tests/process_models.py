@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
 from eqserve.models.base import Ctx
 from eqserve.models.reciprocal import Reciprocal
 
-CRASH_X = 1.45
-"""A batch holding a row with this x ends its engine process from inside the step."""
+
+def crash_file(front_pid: int) -> Path:
+    """While this file exists, a `Crashing` model served by process `front_pid` ends its engine
+    process from inside its next step."""
+    return Path(tempfile.gettempdir()) / f"eqserve-test-crash-{front_pid}"
+
 
 HOG_X = 1.55
 """A batch holding a row with this x makes its step keep `HOG_MIB` MiB for good."""
@@ -21,22 +27,23 @@ _kept: list[bytearray] = []
 
 
 class Crashing(Reciprocal):
-    """Reciprocal whose step exits the process (as a segfaulting extension would) on CRASH_X."""
+    """Reciprocal whose step exits the process (as a segfaulting extension would) while its front's
+    `crash_file` exists."""
 
     name = "crashing"
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
-        if (ctx["x"] == CRASH_X).any():
+        if crash_file(os.getppid()).exists():
             os._exit(3)
         return super().step(y, ctx)
 
 
 class Hog(Reciprocal):
-    """Reciprocal whose step leaks HOG_MIB MiB (touched, so resident) each time it sees HOG_X."""
+    """Reciprocal whose step leaks HOG_MIB MiB (touched, so resident) the first time it sees HOG_X."""
 
     name = "hog"
 
     def step(self, y: torch.Tensor, ctx: Ctx) -> torch.Tensor:
-        if (ctx["x"] == HOG_X).any():
+        if not _kept and (ctx["x"] == HOG_X).any():
             _kept.append(bytearray(os.urandom(1)) * (HOG_MIB * 2**20))
         return super().step(y, ctx)

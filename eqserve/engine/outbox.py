@@ -24,11 +24,13 @@ class Outbox:
         """Readable when messages wait."""
         return self._wake_r
 
-    def put(self, dest: bytes | None, message: tuple) -> None:
-        """Queue `message` for peer `dest` (None: the default one); wake the I/O thread once."""
+    def put(self, dest: bytes | None, message: tuple, wake: bool = True) -> None:
+        """Queue `message` for peer `dest` (None: the default one); wake the I/O thread once. Without
+        `wake` the message waits for the next one that wakes it, or the I/O thread's own next round: a
+        wake-up costs the sending thread a GIL hand-off, which a worker pays between its runs."""
         with self._lock:
             self.items.append((dest, message))
-            if self._signalled:
+            if self._signalled or not wake:
                 return
             self._signalled = True
         os.write(self._wake_w, b"x")

@@ -34,17 +34,20 @@ orphaning (its parent gone) this fast."""
 
 
 class ForwardObserver:
-    """The engine's observer: each event goes to the front that owns the job (`ran` to the primary)."""
+    """The engine's observer: each event goes to the front that owns the job (`ran` to the primary),
+    with the next message that wakes the I/O thread or its heartbeat (metrics may lag a heartbeat; the
+    worker is spared a wake-up of the I/O thread per run)."""
 
     def __init__(self, outbox: Outbox, owner: dict[str, bytes]) -> None:
         self._outbox, self._owner = outbox, owner
 
-    def _send(self, kind: str, job: Any, *args: Any) -> None:
-        self._outbox.put(self._owner.get(job.id), (wire.OBSERVE, kind, job.id, args))
+    def _send(self, kind: str, job: Any, *args: Any, wake: bool = False) -> None:
+        self._outbox.put(self._owner.get(job.id), (wire.OBSERVE, kind, job.id, args), wake=wake)
 
     def admitted(self, job: Any, wait_s: float) -> None:
-        """Forwarded."""
-        self._send("admitted", job, wait_s)
+        """Forwarded at once: should the process die, the front tells the solves that had started
+        from those that had not."""
+        self._send("admitted", job, wait_s, wake=True)
 
     def first_iterate(self, job: Any, since_submit_s: float) -> None:
         """Forwarded."""
@@ -52,7 +55,7 @@ class ForwardObserver:
 
     def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None:
         """Forwarded to the primary front: one front counts the engine's work."""
-        self._outbox.put(None, (wire.OBSERVE, "ran", None, (seconds, steps, rows, row_steps)))
+        self._outbox.put(None, (wire.OBSERVE, "ran", None, (seconds, steps, rows, row_steps)), wake=False)
 
     def finished(self, job: Any, result: Any) -> None:
         """Forwarded."""

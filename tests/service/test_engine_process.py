@@ -20,7 +20,7 @@ from eqserve.engine.supervisor import ProcessEngine, rss_mib
 from eqserve.models.reciprocal import Reciprocal
 from eqserve.service.app import create_app
 from eqserve.service.config import Settings
-from tests.process_models import CRASH_X, HOG_MIB, HOG_X
+from tests.process_models import HOG_MIB, HOG_X, crash_file
 
 BOUND_S = 60.0
 """Longest any wait lasts (a hang guard, not a measurement)."""
@@ -125,8 +125,9 @@ def test_cancel_reaches_the_engine_process(both: TestClient) -> None:
 def test_kill_9_answers_restarts_and_spares_the_other_model(both: TestClient) -> None:
     crashing, recip = engine(both, "crashing"), engine(both, "reciprocal")
     pid, other_pid = crashing.pid, recip.pid
+    steps = crashing.steps  # the counters come with the engine's messages: wait for this solve's steps
     thread, answer = in_background(lambda: solve(both, "crashing", [0.5], 1e-6, **LONG))
-    assert until(lambda: crashing.running == 1)
+    assert until(lambda: crashing.running == 1 and crashing.steps > steps)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
     thread.join(BOUND_S)
@@ -144,8 +145,18 @@ def test_a_crash_in_step_fails_its_requests_and_the_model_comes_back(both: TestC
     crashing = engine(both, "crashing")
     assert until(lambda: crashing.alive)
     pid = crashing.pid
-    response = solve(both, "crashing", [CRASH_X])
-    assert response.status_code == 500 and "crashing" in response.json()["error"]["message"]
+    steps = crashing.steps  # the counters come with the engine's messages: wait for this solve's steps
+    thread, answer = in_background(lambda: solve(both, "crashing", [0.5], 1e-6, **LONG))
+    assert until(lambda: crashing.running == 1 and crashing.steps > steps)  # the front saw it start
+    trigger = crash_file(os.getpid())
+    trigger.touch()
+    try:
+        thread.join(BOUND_S)
+        assert until(lambda: crashing.pid != pid or not crashing.alive)
+    finally:
+        trigger.unlink()
+    assert answer[0].status_code == 500, answer[0].text
+    assert "crashing" in answer[0].json()["error"]["message"]
     refused = solve(both, "crashing", [0.5])  # while it restarts: 503, retry later
     assert refused.status_code == 503 or refused.json()["status"] == "converged"
     if refused.status_code == 503:
