@@ -12,6 +12,7 @@ cancelled jobs while any are in flight and tells the engine process.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -37,8 +38,11 @@ IDLE_POLL_S = 0.1
 class EngineClient:
     """One engine process as this front sees it: submit jobs, read its counters."""
 
-    def __init__(self, name: str, address: str, max_queue: int) -> None:
+    def __init__(self, name: str, address: str, max_queue: int, follow: bool = False) -> None:
         self.name, self.address, self.max_queue = name, address, max_queue
+        self.follow = follow
+        """Whether this front follows an engine process another front supervises: it notices the
+        process gone by its pid, answers its jobs, and says hello again until the next one answers."""
         self.observer: EngineObserver = NullObserver()
         self.throughput = Throughput()
         self._jobs: dict[str, Any] = {}
@@ -84,7 +88,7 @@ class EngineClient:
     def submit(self, job: Any) -> Future:
         """Send `job` to the engine process; QueueFull at once when as many jobs wait unadmitted as its
         queue holds, EngineClosed once closed, EngineDied once the process is gone."""
-        if self._lost:
+        if self._lost or (self.follow and not self._ready.is_set()):
             raise EngineDied(self.name, started=False)
         if self._closed:
             raise EngineClosed(self.name)
@@ -158,6 +162,9 @@ class EngineClient:
         self._quit = True
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=IDLE_POLL_S * 5)
+        self._fail_in_flight()
+
+    def _fail_in_flight(self) -> None:
         jobs, self._jobs = self._jobs, {}
         for job_id, job in jobs.items():
             started = job_id not in self._unadmitted
@@ -176,7 +183,7 @@ class EngineClient:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._outbox.fd, zmq.POLLIN)
-        last_scan = 0.0
+        last_scan = last_hello = 0.0
         try:
             while not self._quit:
                 busy = bool(self._jobs)
@@ -195,9 +202,25 @@ class EngineClient:
                 if busy and now - last_scan >= CANCEL_SCAN_S:
                     last_scan = now
                     self._scan_cancelled()
+                if self.follow and now - last_hello >= IDLE_POLL_S:
+                    last_hello = now
+                    self._follow()
         finally:
             sock.close()
             self._outbox.close()
+
+    def _follow(self) -> None:
+        """While the engine process answers, check it lives; once it is gone, answer its jobs and say
+        hello until its successor answers (at the same address)."""
+        pid = self.pid
+        if self._ready.is_set():
+            try:
+                os.kill(pid, 0)
+                return
+            except ProcessLookupError:
+                self._ready.clear()
+                self._fail_in_flight()
+        self._outbox.put(None, (wire.HELLO,))
 
     def _scan_cancelled(self) -> None:
         cancelled = [i for i, job in list(self._jobs.items()) if job.cancelled and i not in self._cancel_sent]

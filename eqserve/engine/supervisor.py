@@ -64,7 +64,6 @@ class ProcessEngine:
         self.max_rss_mib, self.drain_s, self.ready_s = max_rss_mib, drain_s, ready_s
         self._observer: EngineObserver = NullObserver()
         self._dir = Path(tempfile.mkdtemp(prefix="eqserve-engine-"))
-        self._generation = 0
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._client: EngineClient | None = None
         self._serving = False
@@ -159,6 +158,12 @@ class ProcessEngine:
         return self._client.last_run_rows if self._client is not None else 0
 
     @property
+    def address(self) -> str:
+        """Where the engine process listens: the same for every process in turn, so that fronts that
+        follow it (`--api-workers`) reconnect by themselves."""
+        return f"ipc://{self._dir}/engine.sock"
+
+    @property
     def pid(self) -> int | None:
         """The current engine process's id."""
         return self._proc.pid if self._proc is not None else None
@@ -166,8 +171,7 @@ class ProcessEngine:
     # -- the process ----------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        self._generation += 1
-        address = f"ipc://{self._dir}/{self._generation}.sock"
+        address = self.address
         ctx = multiprocessing.get_context("spawn")
         level = logging.getLogger("eqserve").getEffectiveLevel()
         self._proc = ctx.Process(

@@ -15,6 +15,7 @@ from eqserve.service.auth import require_key
 from eqserve.service.config import Settings
 from eqserve.service.drain import Drain, DrainGate
 from eqserve.service.errors import error_body, install_handlers
+from eqserve.service.fronts import Fronts, engine_addresses
 from eqserve.service.limits import BodyCap
 from eqserve.service.openapi import install as install_openapi
 from eqserve.service.routes_analyze import router as analyze_router
@@ -29,14 +30,23 @@ from eqserve.service.routes_v2 import router as v2_router
 from eqserve.service.state import ServerState
 
 
-def create_app(settings: Settings, models: dict[str, ImplicitModel] | None = None) -> FastAPI:
-    """An app serving `settings.models` (or the given model objects, for tests)."""
-    state = ServerState(settings)
+def create_app(
+    settings: Settings, models: dict[str, ImplicitModel] | None = None, follow: dict[str, str] | None = None
+) -> FastAPI:
+    """An app serving `settings.models` (or the given model objects, for tests); with `follow`, a further
+    front of another's engine processes (`--api-workers`)."""
+    state = ServerState(settings, follow=follow)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start(models)
+        further = follow is None and settings.api_workers > 1
+        fronts = Fronts(settings, engine_addresses(state)) if further else None
+        if fronts is not None:
+            fronts.start()
         yield
+        if fronts is not None:
+            fronts.stop()
         state.stop()
 
     app = FastAPI(title="eqserve", version="0.1.0", lifespan=lifespan, openapi_url=None)

@@ -22,15 +22,20 @@ PROGRESS_EVERY_S = 0.1
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = config.load(args)
+    if settings.api_workers > 1:  # before prometheus_client is imported: its values live in shared files
+        from eqserve.service.fronts import share_metrics
+
+        share_metrics()
     from eqserve.service.app import create_app
     from eqserve.service.drain import DrainingServer
     from eqserve.service.server import listen, uvicorn_config
 
-    settings = config.load(args)
     app = create_app(settings)
     app.state.eq.load_all()  # a model that cannot load is an error line and exit 2, before anything listens
     server = DrainingServer(uvicorn_config(app, settings.host, settings.port, settings.log_level))
-    server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer)])
+    shared = settings.api_workers > 1
+    server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer, shared)])
     return 0
 
 

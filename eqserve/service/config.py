@@ -142,6 +142,13 @@ class Settings:
             "in the HTTP process (debugging, the smallest boxes)"
         },
     )
+    api_workers: int = field(
+        default=1,
+        metadata={
+            "help": "HTTP front processes sharing the port (SO_REUSEPORT) and the engine processes; "
+            "metrics are aggregated across them (needs --engine-process on)"
+        },
+    )
     max_model_rss: int = field(
         default=0,
         metadata={
@@ -162,6 +169,10 @@ class Settings:
             raise ValueError(f"kernels must be one of {', '.join(CHOICES)}, not {self.kernels!r}")
         if self.engine_process not in ("on", "off"):
             raise ValueError(f"engine_process must be on or off, not {self.engine_process!r}")
+        if self.api_workers < 1:
+            raise ValueError("api_workers must be ≥ 1")
+        if self.api_workers > 1 and self.engine_process != "on":
+            raise ValueError("api_workers > 1 needs engine_process on: the fronts share the engine processes")
         if self.max_model_rss < 0:
             raise ValueError("max_model_rss must be ≥ 0")
         if self.torch_threads < 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from eqserve.engine.client import EngineClient
 from eqserve.engine.core import Engine
 from eqserve.engine.supervisor import ProcessEngine
 from eqserve.kernels.compiled import compiled_step
@@ -55,9 +56,12 @@ class SourceEngine:
 
 
 def make_engine(
-    model: ImplicitModel, source: ModelSource | None, settings: Settings
-) -> Engine | ProcessEngine:
-    """`model`'s engine: in an engine process when the settings say so and it has a source, else here."""
+    model: ImplicitModel, source: ModelSource | None, settings: Settings, follow: str | None = None
+) -> Engine | ProcessEngine | EngineClient:
+    """`model`'s engine: the engine process at `follow` that another front supervises; else in an
+    engine process of its own when the settings say so and it has a source; else here."""
+    if follow is not None:
+        return EngineClient(model.name, follow, settings.max_queue, follow=True)
     if settings.engine_process == "on" and source is not None:
         return ProcessEngine(
             model.name,

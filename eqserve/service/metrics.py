@@ -13,6 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from eqserve.engine.completion import CompletionJob, CompletionResult
@@ -20,6 +21,7 @@ from eqserve.engine.core import Engine
 from eqserve.engine.job import SolveJob, SolveResult
 from eqserve.engine.tokens import TokenEngine
 from eqserve.kernels.reference import Stop
+from eqserve.service.fronts import shared_metrics
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
@@ -64,7 +66,11 @@ class Metrics:
             "eqserve_rejected", "Requests refused before solving, by reason", ["model", "reason"], registry=r
         )
         self.stream_clients = Gauge(
-            "eqserve_stream_clients", "Open streaming connections", ["model"], registry=r
+            "eqserve_stream_clients",
+            "Open streaming connections",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.latency = Histogram(
             "eqserve_request_latency_seconds",
@@ -133,8 +139,14 @@ class Metrics:
         self.engines.remove(engine)
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format; with front processes sharing metrics (`--api-workers`), the
+        counters and histograms of all of them, and this front's view of the engines' gauges."""
+        if not shared_metrics():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(_EngineGauges(self.engines))
+        return generate_latest(registry)
 
 
 class _EngineObserver:

@@ -41,12 +41,16 @@ def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicor
     )
 
 
-def listen(host: str, port: int, send_buffer: int) -> socket.socket:
+def listen(host: str, port: int, send_buffer: int, shared: bool = False) -> socket.socket:
     """The listening socket. Accepted connections inherit its send buffer (Linux), which bounds the
-    bytes the kernel takes for a client that stopped reading: its stream notices and mutes the solve."""
+    bytes the kernel takes for a client that stopped reading: its stream notices and mutes the solve.
+    `shared`: each front process (`--api-workers`) binds its own with SO_REUSEPORT, and the kernel
+    spreads the connections over them."""
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if send_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(info[4])

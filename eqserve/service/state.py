@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from eqserve.engine.client import EngineClient
 from eqserve.engine.core import Engine
 from eqserve.engine.errors import EngineClosed, EngineDied, QueueFull
 from eqserve.engine.job import SolveJob
@@ -40,7 +41,7 @@ class Served:
 
     model: ImplicitModel
     meta: ModelMeta
-    engine: Engine | ProcessEngine
+    engine: Engine | ProcessEngine | EngineClient
     source: ModelSource | None = None
 
 
@@ -52,6 +53,8 @@ class ServerState:
     served: dict[str, Served] = field(default_factory=dict)
     loaded: list[tuple[ModelSource, ImplicitModel]] | None = None
     """Models loaded by `load_all` whose workers `start` has not started yet."""
+    follow: dict[str, str] | None = None
+    """Engine process addresses by model, in a front that shares another front's engine processes."""
     unloading: set[str] = field(default_factory=set)
     """Models whose engines finish their last solves before they go: new solves get 503."""
     metrics: Metrics = field(init=False)
@@ -95,7 +98,7 @@ class ServerState:
     def _serve(self, model: ImplicitModel, source: ModelSource | None = None) -> Served:
         """Start a worker for `model`."""
         meta = model.meta()
-        engine = make_engine(model, source, self.settings)
+        engine = make_engine(model, source, self.settings, (self.follow or {}).get(model.name))
         self.metrics.observe(engine)
         engine.start()
         return Served(model, meta, engine, source)
