@@ -5,8 +5,10 @@ only when it sleeps, so a burst of messages costs one wake-up and goes out in on
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
+import time
 
 
 class Outbox:
@@ -18,21 +20,29 @@ class Outbox:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._signalled = False
+        self._woken_at = 0.0
+        self.late = math.inf
+        """The shortest `gap` of the messages waiting that did not wake the I/O thread."""
 
     @property
     def fd(self) -> int:
         """Readable when messages wait."""
         return self._wake_r
 
-    def put(self, dest: bytes | None, message: tuple, wake: bool = True) -> None:
-        """Queue `message` for peer `dest` (None: the default one); wake the I/O thread once. Without
-        `wake` the message waits for the next one that wakes it, or the I/O thread's own next round: a
-        wake-up costs the sending thread a GIL hand-off, which a worker pays between its runs."""
+    def put(self, dest: bytes | None, message: tuple, gap: float = 0.0) -> None:
+        """Queue `message` for peer `dest` (None: the default one) and wake the I/O thread, unless it
+        was woken less than `gap` s ago (math.inf: never): a wake-up costs the sending thread a GIL
+        hand-off, which a worker pays between its runs. A message that did not wake it is `late`: the
+        I/O thread comes back for it within `gap` (or its heartbeat, for those that never wake)."""
         with self._lock:
             self.items.append((dest, message))
-            if self._signalled or not wake:
+            if self._signalled:
                 return
-            self._signalled = True
+            now = time.monotonic()
+            if now - self._woken_at < gap:
+                self.late = min(self.late, gap)
+                return
+            self._signalled, self._woken_at = True, now
         os.write(self._wake_w, b"x")
 
     def take(self) -> list[tuple[bytes | None, tuple]]:
@@ -41,7 +51,7 @@ class Outbox:
             os.read(self._wake_r, 4096)
         with self._lock:
             items, self.items = self.items, []
-            self._signalled = False
+            self._signalled, self.late = False, math.inf
         return items
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ loading its model, so nothing unpicklable crosses.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,12 @@ from eqserve.engine import wire
 from eqserve.engine.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+PUSH_GAP_S = 0.005
+"""Iterates pushed within this long of the last wake-up of the I/O thread wait for the next: a stream
+at every iterate of a fast model then costs the worker a few wake-ups of the I/O thread (each a
+contention for the GIL) per stream batch, not one per step; a stream sends its events in batches
+this far apart anyway (`service/streams.py` BATCH_S)."""
 
 HEARTBEAT_S = 0.1
 """Longest gap between two frames to a front: its gauges stay this fresh, and the process notices an
@@ -42,7 +49,9 @@ class ForwardObserver:
         self._outbox, self._owner = outbox, owner
 
     def _send(self, kind: str, job: Any, *args: Any, wake: bool = False) -> None:
-        self._outbox.put(self._owner.get(job.id), (wire.OBSERVE, kind, job.id, args), wake=wake)
+        self._outbox.put(
+            self._owner.get(job.id), (wire.OBSERVE, kind, job.id, args), 0.0 if wake else math.inf
+        )
 
     def admitted(self, job: Any, wait_s: float) -> None:
         """Forwarded at once: should the process die, the front tells the solves that had started
@@ -55,7 +64,7 @@ class ForwardObserver:
 
     def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None:
         """Forwarded to the primary front: one front counts the engine's work."""
-        self._outbox.put(None, (wire.OBSERVE, "ran", None, (seconds, steps, rows, row_steps)), wake=False)
+        self._outbox.put(None, (wire.OBSERVE, "ran", None, (seconds, steps, rows, row_steps)), math.inf)
 
     def finished(self, job: Any, result: Any) -> None:
         """Forwarded."""
@@ -93,7 +102,7 @@ class EngineHost:
         last_beat = 0.0
         stopping = False
         while not stopping:
-            poller.poll(HEARTBEAT_S * 1e3)
+            poller.poll(min(HEARTBEAT_S, self.outbox.late) * 1e3)
             while True:
                 try:
                     front, frame = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -139,7 +148,9 @@ class EngineHost:
     def _submit(self, front: bytes, job: Any, watched: bool, due: Any, wants_y: bool) -> None:
         job.future = Future()
         if watched:
-            job.watch = wire.MirrorWatch(lambda m: self.outbox.put(front, m), job.id, due, wants_y)
+            job.watch = wire.MirrorWatch(
+                lambda m: self.outbox.put(front, m, PUSH_GAP_S), job.id, due, wants_y
+            )
         self.owner[job.id] = front
         self.jobs[job.id] = job
         job.future.add_done_callback(lambda f: self._answer(job.id, f))
