@@ -1,5 +1,6 @@
 """Serving benchmark: continuous vs static vs sequential batching over real HTTP, and continuous batching
-with the engine in its own process (the default) vs in the HTTP process (`in-process`).
+with the engine in its own process (the default) vs in the HTTP process (`in-process`) vs with
+`--api-workers N` front processes (`api-workers`, not run unless asked for).
 
 Starts one `eqserve serve` process per mode on a free local port, sends each the same seeded list
 of N requests (tolerances log-uniform in [1e-6, 1e-2], budgets large enough to converge) from C
@@ -40,7 +41,7 @@ from http_load import Connection, HttpError
 from eqserve.models.shipped import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("sequential", "static", "continuous", "in-process")
+MODES = ("sequential", "static", "continuous", "in-process", "api-workers")
 TOL_RANGE = (1e-6, 1e-2)
 READY_TIMEOUT_S = 120.0
 BUSY_OTHER_CPU = 0.15
@@ -499,8 +500,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="unmeasured requests per server (default 2×C)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, N/rounds requests each (3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
-    p.add_argument("--api-workers", type=int, default=1, help="HTTP front processes of the continuous mode")
+    p.add_argument(
+        "--modes", default=",".join(MODES[:4]), help="comma-separated subset of " + ",".join(MODES)
+    )
+    p.add_argument("--api-workers", type=int, default=2, help="HTTP front processes of the api-workers mode")
     return p.parse_args(argv)
 
 
@@ -528,8 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "continuous": [*common, "--max-batch-rows", str(args.max_batch_rows), "--batching", "continuous"],
     }
     flags["in-process"] = [*flags["continuous"], "--engine-process", "off"]
-    if args.api_workers > 1:
-        flags["continuous"] += ["--api-workers", str(args.api_workers)]
+    flags["api-workers"] = [*flags["continuous"], "--api-workers", str(args.api_workers)]
     print(
         f"eqserve serving benchmark: model {args.model}, N={n}, C={conc}, {rounds} rounds, "
         f"warm-up {warm_n}, tol log-uniform {TOL_RANGE[0]:g}..{TOL_RANGE[1]:g}, "
@@ -575,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         for base in ("static", "sequential", "in-process"):
             if base in by:
                 summary[f"ratio_continuous_vs_{base}"] = round(by["continuous"].rps / by[base].rps, 3)
+        if "api-workers" in by:
+            ratio = by["api-workers"].rps / by["continuous"].rps
+            summary["ratio_api_workers_vs_continuous"] = round(ratio, 3)
     summary["machine"] = {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
