@@ -1,9 +1,9 @@
 """What crosses between a front process and an engine process, and how it is pickled.
 
 Messages are tuples, pickled a batch at a time (one ZeroMQ frame per batch: the iterates of one run
-travel together). CPU tensors travel as numpy arrays, whose pickle is a flat copy of just the
-tensor's elements: torch's own pickle goes through `torch.save` per tensor, and a view (an iterate is
-a row of its batch's state) would carry its whole storage.
+travel together). Tensors travel as their elements' bytes with dtype and shape: torch's own pickle
+goes through `torch.save` per tensor, and a view (an iterate is a row of its batch's state) would
+carry its whole storage.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import io
 import pickle
 from typing import Any
 
-import numpy as np
 import torch
 
 from eqserve.engine.job import NEVER
@@ -24,16 +23,20 @@ SUBMIT, CANCEL, SCHEDULE, CLOSE, STOP, HELLO = "submit", "cancel", "schedule", "
 DONE, FAILED, PUSH, OBSERVE, STATS, STOPPED = "done", "failed", "push", "observe", "stats", "stopped"
 
 
-def _tensor(array: np.ndarray, dtype: torch.dtype, device: str) -> torch.Tensor:
-    t = torch.from_numpy(array)
-    return t.to(dtype=dtype, device=device)
+def _tensor(data: bytes, dtype: torch.dtype, shape: tuple[int, ...], device: str) -> torch.Tensor:
+    t = (
+        torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+        if data
+        else torch.empty(shape, dtype=dtype)
+    )
+    return t if device == "cpu" else t.to(device)
 
 
 def _reduce_tensor(t: torch.Tensor) -> Any:
     if t.layout is not torch.strided or t.dtype in (torch.bfloat16, torch.float8_e4m3fn):
         return NotImplemented
     host = t.detach().cpu()
-    return _tensor, (host.numpy(), t.dtype, str(t.device))
+    return _tensor, (host.numpy().tobytes(), t.dtype, tuple(t.shape), str(t.device))
 
 
 class _Pickler(pickle.Pickler):
