@@ -185,8 +185,29 @@ ITERATIVE = (
     ),
 )
 
-ROWS = (("Serving", SERVING), ("Iterative solving", ITERATIVE))
-PANELS = SERVING + ITERATIVE
+LOOPED = (
+    Panel(
+        "Iterations per token",
+        "Recurrence steps a looped LM's tokens took (each request's exit rule or per-token budget): "
+        "p50/p90/p99 and the mean.",
+        _quantiles("eqserve_token_iterations"),
+    ),
+    Panel(
+        "Tokens/s by exit criterion",
+        "Tokens decided per second, by the request's exit criterion and what stopped the token's loop: "
+        "the rule (it converged) or the budget (max_iters).",
+        (
+            (
+                f"sum by (criterion, by) ({_rate('eqserve_token_exits_total')})",
+                "{{criterion}} by {{by}}",
+            ),
+        ),
+        "ops",
+    ),
+)
+
+ROWS = (("Serving", SERVING), ("Iterative solving", ITERATIVE), ("Looped LMs", LOOPED))
+PANELS = SERVING + ITERATIVE + LOOPED
 
 VARIABLES = (
     {

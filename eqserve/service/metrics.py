@@ -152,13 +152,15 @@ class Metrics:
 class _EngineObserver:
     """The engine's events as metric updates, with the label children bound once."""
 
+    statuses: tuple[str, ...] = tuple(stop.label for stop in Stop if stop is not Stop.RUNNING)
+    """A request's final statuses."""
+
     def __init__(self, m: Metrics, model: str) -> None:
         self.m, self.model = m, model
         # every status and queue_full at zero from the start: rate() and increase() need a sample before
         # the first increment, or a status's first solves never show (dashboards, alerts)
-        for stop in Stop:
-            if stop is not Stop.RUNNING:
-                m.requests.labels(model, stop.label)
+        for status in self.statuses:
+            m.requests.labels(model, status)
         m.rejected.labels(model, "queue_full")
         m.stream_clients.labels(model)
         self.iterations = m.iterations.labels(model)
@@ -197,6 +199,8 @@ class _EngineObserver:
 
 class _TokenObserver(_EngineObserver):
     """A looped LM's events: completions, and every token's inner steps and exit."""
+
+    statuses = ("ok", "cancelled", "deadline", "error")
 
     def __init__(self, m: Metrics, model: str) -> None:
         super().__init__(m, model)

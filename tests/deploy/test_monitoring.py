@@ -32,11 +32,15 @@ from eqserve.service.client import Client, solve_body
 from eqserve.service.config import Settings
 from tests.fake_models import BLOWUP_X, RAISE_X, Faulty
 from tests.live_server import live_server
+from tests.looped_models import CountLM
 from tests.test_prometheus import need, run_prometheus, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM_DIR = DEPLOY / "prometheus"
 MODEL = "faulty"
+LM = "count-lm"
+SELECTED = f"{MODEL}|{LM}"
+"""The dashboard's `model` variable as the queries are run: both models (the looped LM's panels)."""
 STATUSES = ("converged", "max_iters", "deadline", "diverged", "cancelled", "error")
 RATE_INTERVAL = "1m"
 """Wide enough to cover all the traffic, so every rate() and quantile has samples."""
@@ -106,6 +110,11 @@ def send_traffic(url: str) -> tuple[Counter[str], Counter[int]]:
                 stream.cancel()
         assert stream.result is not None
         statuses[stream.result["status"]] += 1
+    with Client(url) as c:  # a looped LM's tokens: some stopped by their exit rule, some by the budget
+        for criterion in ("latent-diff", "none"):
+            done = c.complete(LM, "3", max_tokens=4, max_iters=30, criterion=criterion, threshold=1e-3)
+            codes[200] += 1
+            assert done["usage"]["completion_tokens"] == 4
     return statuses, codes
 
 
@@ -115,7 +124,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     need("prometheus")
     tmp = tmp_path_factory.mktemp("monitoring")
     settings = Settings(models=[], max_batch_rows=2, max_queue=1, max_iters_cap=LONG)
-    with live_server(create_app(settings, {MODEL: Served()})) as url:
+    with live_server(create_app(settings, {MODEL: Served(), LM: CountLM()})) as url:
         config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "500ms", "evaluation_interval": "500ms"}
         config["rule_files"] = [str(PROM_DIR / "alerts.yml")]
@@ -129,7 +138,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             total = float(sum(statuses.values()))
             wait_for(prom, f'sum(eqserve_requests_total{{model="{MODEL}"}})', total, timeout=60)
             # two scrapes of every series after the traffic: each rate() has its two samples
-            samples = f'min(count_over_time(eqserve_requests_total{{model="{MODEL}"}}[1m]))'
+            wait_for(prom, f'sum(eqserve_requests_total{{model="{LM}"}})', 2.0, timeout=60)
+            samples = f'min(count_over_time(eqserve_requests_total{{model=~"{SELECTED}"}}[1m]))'
             wait_for(prom, f"{samples} >= bool 2", 1.0)
             yield Run(url, prom, start, statuses, codes)
 
@@ -156,7 +166,7 @@ def test_the_traffic_produced_every_status_a_4xx_and_429s(run: Run) -> None:
 
 @pytest.mark.parametrize("expr", [e for p in dashboard.PANELS for e, _ in p.targets])
 def test_every_dashboard_query_returns_finite_data(run: Run, expr: str) -> None:
-    assert_finite_data(run.prom, dashboard.substitute(expr, MODEL, "eqserve", RATE_INTERVAL))
+    assert_finite_data(run.prom, dashboard.substitute(expr, SELECTED, "eqserve", RATE_INTERVAL))
 
 
 def test_the_dashboard_variables_find_the_model_and_job(run: Run) -> None:
@@ -198,7 +208,7 @@ def test_prometheus_loaded_every_alert_rule_and_evaluates_it_without_error(run: 
 
 def test_the_preview_draws_every_panel_from_prometheus(run: Run, tmp_path: Path) -> None:
     out = tmp_path / "preview.png"
-    drawn = render(run.prom, out, run.start - 5, time.time(), MODEL, scrape_s=0.5)
+    drawn = render(run.prom, out, run.start - 5, time.time(), SELECTED, scrape_s=0.5)
     assert set(drawn) == {p.title for p in dashboard.PANELS}
     assert all(n > 0 for n in drawn.values()), drawn
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
