@@ -72,6 +72,7 @@ def main() -> int:
     local.observer, remote.observer = logs["in-process"], logs["process"]
     local.start()
     remote.start()
+    remote.wait_started()
     bctx = mlp.collate(ctxs)
     y0 = torch.cat([mlp.init(c).reshape(1, -1) for c in ctxs])
     tick: dict[str, list[float]] = {"in-process": [], "process": []}

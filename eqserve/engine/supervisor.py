@@ -86,17 +86,13 @@ class ProcessEngine:
     # -- the Engine interface ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the process and wait until its engine answers; then watch it."""
-        self.launch()
-        self.wait_started()
-
-    def launch(self) -> None:
-        """Start the process without waiting for it (several models load side by side)."""
+        """Start the process without waiting for it (several models load side by side): it serves
+        once `wait_started` has returned."""
         self._spawn()
 
     def wait_started(self) -> None:
-        """Wait until the launched process answers (EngineStartError if it exits or takes too long);
-        then start the monitor."""
+        """Wait until the started process answers (EngineStartError if it exits or takes too long);
+        then watch it."""
         self._await_ready()
         self._monitor = threading.Thread(target=self._watch, name=f"supervisor-{self.name}", daemon=True)
         self._monitor.start()

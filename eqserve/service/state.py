@@ -80,6 +80,9 @@ class ServerState:
         for source, model in self.loaded or []:
             self.served[source.name] = self._serve(model, source)
         self.loaded = []
+        for served in self.served.values():  # engine processes start side by side; wait for them all
+            if isinstance(served.engine, ProcessEngine):
+                served.engine.wait_started()
 
     def sources(self) -> list[ModelSource]:
         """The models the settings name: each SPEC, then every model directory of the repository."""
@@ -136,6 +139,8 @@ class ServerState:
         try:
             source = from_directory(dirs[name])
             served = self._serve(source.load(self.settings.device), source)
+            if isinstance(served.engine, ProcessEngine):
+                served.engine.wait_started()
         except Exception as exc:
             log.warning("loading model %s failed: %s", name, exc)
             reason = self._reason(exc)
