@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,8 +17,10 @@ from eqserve.engine.core import Engine
 from eqserve.engine.errors import EngineClosed, EngineDied, QueueFull
 from eqserve.engine.job import SolveJob
 from eqserve.engine.supervisor import ProcessEngine
-from eqserve.models.base import ImplicitModel, ModelMeta
-from eqserve.models.registry import ModelLoadError, ModelSource, from_directory, repository, resolve
+from eqserve.engine.tokens import TokenEngine
+from eqserve.models.base import ModelMeta
+from eqserve.models.looped import LoopedLM
+from eqserve.models.registry import Model, ModelLoadError, ModelSource, from_directory, repository, resolve
 from eqserve.service.config import Settings
 from eqserve.service.engines import make_engine
 from eqserve.service.errors import ApiError
@@ -39,10 +41,15 @@ RESTART_RETRY_S = 1
 class Served:
     """One served model with its metadata, batching worker and origin."""
 
-    model: ImplicitModel
+    model: Model
     meta: ModelMeta
-    engine: Engine | ProcessEngine | EngineClient
+    engine: Engine | TokenEngine | ProcessEngine | EngineClient
     source: ModelSource | None = None
+
+    @property
+    def looped(self) -> bool:
+        """A looped LM, served by /v1/completions (the others by /v1/solve and v2)."""
+        return isinstance(self.model, LoopedLM)
 
 
 @dataclass
@@ -51,7 +58,7 @@ class ServerState:
 
     settings: Settings
     served: dict[str, Served] = field(default_factory=dict)
-    loaded: list[tuple[ModelSource, ImplicitModel]] | None = None
+    loaded: list[tuple[ModelSource, Model]] | None = None
     """Models loaded by `load_all` whose workers `start` has not started yet."""
     follow: dict[str, str] | None = None
     """Engine process addresses by model, in a front that shares another front's engine processes."""
@@ -68,7 +75,7 @@ class ServerState:
         if self.loaded is None:
             self.loaded = [(source, source.load(self.settings.device)) for source in self.sources()]
 
-    def start(self, models: dict[str, ImplicitModel] | None = None) -> None:
+    def start(self, models: dict[str, Model] | None = None) -> None:
         """Start a worker for every loaded model (loading them first if need be), or for the given ones."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -98,9 +105,20 @@ class ServerState:
     def _repository(self) -> dict[str, Path]:
         return repository(Path(self.settings.model_repository))
 
-    def _serve(self, model: ImplicitModel, source: ModelSource | None = None) -> Served:
+    def _serve(self, model: Model, source: ModelSource | None = None) -> Served:
         """Start a worker for `model`."""
         meta = model.meta()
+        if isinstance(model, LoopedLM):
+            tokens = TokenEngine(
+                model,
+                max_batch_rows=self.settings.max_batch_rows,
+                max_queue=self.settings.max_queue,
+                batching=self.settings.batching,
+                torch_threads=self.settings.torch_threads,
+            )
+            self.metrics.observe(tokens)
+            tokens.start()
+            return Served(model, meta, tokens, source)
         engine = make_engine(model, source, self.settings, (self.follow or {}).get(model.name))
         self.metrics.observe(engine)
         engine.start()
@@ -160,7 +178,7 @@ class ServerState:
     def unload(self, name: str) -> None:
         """Stop serving `name`: new solves get 503, those accepted finish, then the worker is freed.
         Blocking: call it off the event loop."""
-        served = self.get(name)
+        served = self.get(name, "any")
         self.unloading.add(name)
         self._retire(served)
         if self.served.get(name) is served:
@@ -182,8 +200,9 @@ class ServerState:
         for s in self.served.values():
             s.engine.stop()
 
-    def get(self, name: str) -> Served:
-        """The served model `name`; 503 while it is being unloaded, 404 when there is none."""
+    def get(self, name: str, kind: Literal["implicit", "looped", "any"] = "implicit") -> Served:
+        """The served model `name`; 503 while it is being unloaded, 404 when there is none, 422 when it
+        is not of the `kind` the route serves (a looped LM completes text, the others solve)."""
         if name in self.unloading:
             message = f"model {name!r} is being unloaded"
             raise ApiError(503, "unloading", message, "model", {"Retry-After": "1"})
@@ -191,7 +210,14 @@ class ServerState:
             raise ApiError(
                 404, "model_not_found", f"no model {name!r}; served: {', '.join(self.served)}", "model"
             )
-        return self.served[name]
+        served = self.served[name]
+        if kind != "any" and served.looped != (kind == "looped"):
+            if served.looped:
+                message = f"model {name!r} is a looped language model: use POST /v1/completions"
+            else:
+                message = f"model {name!r} is not a language model: solve it with POST /v1/solve"
+            raise ApiError(422, "wrong_endpoint", message, "model")
+        return served
 
     def build(self, served: Served, req: SolveRequest) -> SolveJob:
         """The engine job of a validated request; a refusal is counted by its reason."""
