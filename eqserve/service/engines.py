@@ -17,15 +17,25 @@ import torch
 from eqserve.engine.client import EngineClient
 from eqserve.engine.core import Engine
 from eqserve.engine.supervisor import ProcessEngine
+from eqserve.engine.tokens import TokenEngine
 from eqserve.kernels.compiled import compiled_step
 from eqserve.kernels.dispatch import select_backend
-from eqserve.models.base import ImplicitModel
-from eqserve.models.registry import ModelSource
+from eqserve.models.looped import LoopedLM
+from eqserve.models.registry import Model, ModelSource
 from eqserve.service.config import Settings
 
 
-def build_engine(model: ImplicitModel, settings: Settings) -> Engine:
-    """The batching engine of `model` as the settings configure it (not started)."""
+def build_engine(model: Model, settings: Settings) -> Engine | TokenEngine:
+    """The batching engine of `model` as the settings configure it (not started): a looped LM's token
+    engine, or a fixed-point model's engine."""
+    if isinstance(model, LoopedLM):
+        return TokenEngine(
+            model,
+            max_batch_rows=settings.max_batch_rows,
+            max_queue=settings.max_queue,
+            batching=settings.batching,
+            torch_threads=settings.torch_threads,
+        )
     meta_kernel = model.meta().fused_kernel
     chosen = set(settings.compile_step)
     compile_it = bool({model.name, "*"} & chosen) or ("auto" in chosen and type(model).compile_step)
@@ -48,7 +58,7 @@ class SourceEngine:
     source: ModelSource
     settings: Settings
 
-    def __call__(self) -> Engine:
+    def __call__(self) -> Engine | TokenEngine:
         """Load the model and build its engine."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -56,8 +66,8 @@ class SourceEngine:
 
 
 def make_engine(
-    model: ImplicitModel, source: ModelSource | None, settings: Settings, follow: str | None = None
-) -> Engine | ProcessEngine | EngineClient:
+    model: Model, source: ModelSource | None, settings: Settings, follow: str | None = None
+) -> Engine | TokenEngine | ProcessEngine | EngineClient:
     """`model`'s engine: the engine process at `follow` that another front supervises; else in an
     engine process of its own when the settings say so and it has a source; else here."""
     if follow is not None:

@@ -128,9 +128,10 @@ class Metrics:
             registry=r,
         )
 
-    def observe(self, engine: Engine | TokenEngine) -> None:
-        """Attach to an engine: its events feed the counters and histograms, its queues the gauges."""
-        kind = _TokenObserver if isinstance(engine, TokenEngine) else _EngineObserver
+    def observe(self, engine: Engine | TokenEngine, looped: bool = False) -> None:
+        """Attach to an engine (a looped LM's: `looped`): its events feed the counters and histograms,
+        its queues the gauges."""
+        kind = _TokenObserver if looped else _EngineObserver
         engine.observer = kind(self, engine.name)
         self.engines.append(engine)
 

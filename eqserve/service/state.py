@@ -108,19 +108,8 @@ class ServerState:
     def _serve(self, model: Model, source: ModelSource | None = None) -> Served:
         """Start a worker for `model`."""
         meta = model.meta()
-        if isinstance(model, LoopedLM):
-            tokens = TokenEngine(
-                model,
-                max_batch_rows=self.settings.max_batch_rows,
-                max_queue=self.settings.max_queue,
-                batching=self.settings.batching,
-                torch_threads=self.settings.torch_threads,
-            )
-            self.metrics.observe(tokens)
-            tokens.start()
-            return Served(model, meta, tokens, source)
         engine = make_engine(model, source, self.settings, (self.follow or {}).get(model.name))
-        self.metrics.observe(engine)
+        self.metrics.observe(engine, isinstance(model, LoopedLM))
         engine.start()
         return Served(model, meta, engine, source)
 

@@ -209,3 +209,29 @@ def test_a_client_that_leaves_frees_its_row():
         while engine_of().running and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine_of().running == 0
+
+
+def test_a_looped_lm_in_its_own_engine_process():
+    """Loaded from its source, a looped LM runs in an engine process as any model does: completions,
+    token streams and per-token metrics cross the channel."""
+    settings = Settings(models=["tests.looped_models:CountLM"], engine_process="on")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        (name,) = app.state.eq.served
+        assert app.state.eq.served[name].engine.pid is not None  # not this process's thread
+        body = {
+            "model": name,
+            "prompt": "25",
+            "max_tokens": 3,
+            "budget": LATENT,
+            "return": {"per_token": True},
+        }
+        done = client.post("/v1/completions", json=body).json()
+        assert done["choices"][0]["text"] == "678" and done["usage"]["recurrence"]["max"] < 40
+        with client.websocket_connect("/v1/completions/stream") as ws:
+            ws.send_text(json.dumps(body))
+            msgs = [ws.receive_json() for _ in range(4)]
+        assert [m["type"] for m in msgs] == ["token"] * 3 + ["result"]
+        assert [m["iterations"] for m in msgs[:3]] == [t["iterations"] for t in done["choices"][0]["tokens"]]
+        metrics = client.get("/metrics").text
+        assert f'eqserve_token_iterations_count{{model="{name}"}} 6.0' in metrics

@@ -1,5 +1,6 @@
 """Every route answers every built-in model with a 2xx or a clear 4xx, never a 5xx: a model the v2
-protocol cannot carry (lp-gnn's `A` is dense rows or a sparse object) says so, on v1 it solves."""
+protocol cannot carry (lp-gnn's `A` is dense rows or a sparse object) says so, on v1 it solves; a
+looped LM completes on /v1/completions and says so on the routes that solve."""
 
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def answers(client: TestClient, model: str) -> dict[str, httpx.Response]:
     """Every HTTP route's answer for `model`, by route."""
     solve = {"model": model, "input": example(client, model), "budget": BUDGET}
     infer = {"inputs": v2_inputs(client, model), "parameters": BUDGET}
+    complete = {"model": model, "prompt": (example(client, model) or {}).get("prompt", "1"), "max_tokens": 2}
     return {
+        "POST /v1/completions": client.post("/v1/completions", json=complete),
+        "POST /v1/completions stream": client.post("/v1/completions", json=complete | {"stream": True}),
         "GET /v1/models": client.get("/v1/models"),
         "GET /v1/models/{name}": client.get(f"/v1/models/{model}"),
         "POST /v1/solve": client.post("/v1/solve", json=solve),
@@ -75,16 +79,25 @@ def answers(client: TestClient, model: str) -> dict[str, httpx.Response]:
 
 @pytest.mark.parametrize("model", names())
 def test_every_route_answers_every_built_in_model_without_a_5xx(client: TestClient, model: str) -> None:
-    for route, r in answers(client, model).items():
+    routes = answers(client, model)
+    for route, r in routes.items():
         assert r.status_code < 500, f"{route} for {model}: {r.status_code} {r.text}"
         if r.status_code >= 400:
             error = r.json()["error"]
             message = error if route.split()[1].startswith("/v2") else error["message"]
             assert isinstance(message, str) and message, f"{route} for {model}: {r.text}"
-    with client.websocket_connect("/v1/solve/stream") as ws:
-        ws.send_json({"model": model, "input": example(client, model), "budget": BUDGET})
-        while (event := ws.receive_json())["type"] == "iterate":
-            pass
+    looped = client.get(f"/v1/models/{model}").json()["kind"] == "looped-lm"
+    if looped:
+        assert routes["POST /v1/completions"].status_code == 200
+        with client.websocket_connect("/v1/completions/stream") as ws:
+            ws.send_json({"model": model, "prompt": example(client, model)["prompt"], "max_tokens": 2})
+            while (event := ws.receive_json())["type"] == "token":
+                pass
+    else:
+        with client.websocket_connect("/v1/solve/stream") as ws:
+            ws.send_json({"model": model, "input": example(client, model), "budget": BUDGET})
+            while (event := ws.receive_json())["type"] == "iterate":
+                pass
     assert event["type"] == "result", json.dumps(event)
 
 
