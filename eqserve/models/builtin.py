@@ -53,10 +53,6 @@ def looped_lm() -> LoopedLM:
     return checkpoint.load(WEIGHTS_DIR / "looped-lm.safetensors")
 
 
-LOOPED: dict[str, Callable[[], LoopedLM]] = {"looped-lm": looped_lm}
-"""The built-in looped LMs by name: `eqserve eval` builds these here (the registry serves implicit models)."""
-
-
 def _trainer(module: str) -> Callable[..., dict]:
     """`module`'s `train(out_dir, **options)`, imported when called (training code is heavy)."""
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eqserve.models.builtin import LOOPED, TRAINERS
+from eqserve.models.builtin import TRAINERS
 from eqserve.models.looped import CRITERIA
 from eqserve.models.registry import load_model
 from eqserve.service import config
@@ -225,8 +225,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     iters = [int(s) for s in args.iters.split(",") if s.strip()]
     try:
-        model = LOOPED[args.model]() if args.model in LOOPED else load_model(args.model)
-        report = model.evaluate(iters)
+        report = load_model(args.model).evaluate(iters)
     except NotImplementedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
