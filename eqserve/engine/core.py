@@ -9,10 +9,8 @@ deadline are visited and answered. A request joins and leaves the batch between 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Literal
 
 import torch
@@ -23,6 +21,7 @@ from eqserve.engine.errors import ModelStepError
 from eqserve.engine.job import RESUMABLE, Resume, SolveJob, SolveResult
 from eqserve.engine.observer import EngineObserver, NullObserver
 from eqserve.engine.scheduler import POLICIES, Row, Scheduler
+from eqserve.engine.worker import Worker
 from eqserve.kernels.dispatch import Backend
 from eqserve.kernels.reference import Stop
 from eqserve.models.base import Ctx, ImplicitModel
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 Batching = Literal["continuous", "static"]
 
 
-class Engine:
+class Engine(Worker):
     """The batching worker of one model, fed by `submit` from any thread; `step` stands in for the
     model's step where given (a compiled one)."""
 
@@ -50,6 +49,7 @@ class Engine:
         batch_invariant: bool = False,
         step: Callable[[torch.Tensor, Ctx], torch.Tensor] | None = None,
     ) -> None:
+        super().__init__()
         self.model = model
         self.name = model.name
         self.backend = backend
@@ -60,7 +60,6 @@ class Engine:
         self.batch = Batch(model, batch_invariant, step)
         self.observer: EngineObserver = NullObserver()
         self._runner: runner.StepRunner = runner.HostRunner(backend)
-        self._thread: threading.Thread | None = None
         self._fresh: list[int] = []
         """Slots whose first iterate the next run computes."""
         self._visit: list[int] = []
@@ -73,62 +72,6 @@ class Engine:
         self.rebuild_s = 1e-4
         """Seconds a compaction of the batch costs (moving average over compactions)."""
         self.last_run_rows = 0
-        self._busy_since: float | None = None
-
-    # -- outside the worker --------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the worker; requests still waiting or running fail as cancelled."""
-        self.scheduler.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def close(self) -> None:
-        """Take no new solves (`submit` raises EngineClosed); those accepted go on to their answers."""
-        self.scheduler.close()
-
-    def submit(self, job: SolveJob) -> Future:
-        """Queue a job; QueueFull at once when the waiting queue is at its bound, EngineClosed once the
-        engine is closed."""
-        self.scheduler.submit(job)
-        return job.future
-
-    @property
-    def alive(self) -> bool:
-        """Whether the worker thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def busy_s(self) -> float:
-        """Seconds the worker has spent in its current turn (0 while it waits): a model whose step
-        hangs shows here, while the thread itself is still alive."""
-        since = self._busy_since
-        return 0.0 if since is None else time.monotonic() - since
-
-    @property
-    def steps(self) -> int:
-        """Batch steps run so far."""
-        return self.scheduler.steps
-
-    @property
-    def waiting(self) -> int:
-        """Requests accepted but not yet in the batch."""
-        return self.scheduler.waiting
-
-    @property
-    def running(self) -> int:
-        """Requests in the batch."""
-        return self.scheduler.running
-
-    @property
-    def idle(self) -> bool:
-        """Whether no solve is waiting or running."""
-        return not self.waiting and not self.running
 
     # -- the worker ----------------------------------------------------------------------
 

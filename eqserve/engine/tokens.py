@@ -9,17 +9,14 @@ slowest row has exited, and the answers go out together. A row that has exited i
 waits, as the reference computes it (it repeats its last step: the same cost, the same bits); a
 finished one waits uncomputed, which makes the baseline a little faster than the reference.
 
-The engine has the same outside as `eqserve.engine.core.Engine` (start, stop, close, submit,
-alive, busy_s, steps, waiting, running, idle, observer), so the server runs it like any engine.
+Its outside is `Worker`'s, as `eqserve.engine.core.Engine`'s is, so the server runs it like any engine.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +27,7 @@ from eqserve.engine.completion import CompletionJob, CompletionResult, FinishRea
 from eqserve.engine.errors import ModelStepError
 from eqserve.engine.observer import NullObserver
 from eqserve.engine.scheduler import POLICIES, Row, Scheduler
+from eqserve.engine.worker import Worker
 from eqserve.kernels import invariant
 from eqserve.models.looped import LoopedLM
 
@@ -74,7 +72,7 @@ class Seq:
         self.exited = self.ruled = False
 
 
-class TokenEngine:
+class TokenEngine(Worker):
     """The batching worker of one looped LM, fed by `submit` from any thread."""
 
     def __init__(
@@ -86,6 +84,7 @@ class TokenEngine:
         batching: str = "continuous",
         torch_threads: int = 0,
     ) -> None:
+        super().__init__()
         self.model = model
         self.name = model.name
         self.torch_threads = torch_threads
@@ -95,61 +94,6 @@ class TokenEngine:
         self.observer: Any = NullObserver()
         self.seqs: list[Seq] = []
         self.last_run_rows = 0
-        self._thread: threading.Thread | None = None
-        self._busy_since: float | None = None
-
-    # -- outside the worker --------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the worker; completions still waiting or running end as cancelled."""
-        self.scheduler.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def close(self) -> None:
-        """Take no new completions; those accepted go on."""
-        self.scheduler.close()
-
-    def submit(self, job: CompletionJob) -> Future:
-        """Queue a completion; QueueFull at once when the queue is at its bound."""
-        self.scheduler.submit(job)  # type: ignore[arg-type]
-        return job.future
-
-    @property
-    def alive(self) -> bool:
-        """Whether the worker thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def busy_s(self) -> float:
-        """Seconds the worker has spent in its current turn (0 while it waits)."""
-        since = self._busy_since
-        return 0.0 if since is None else time.monotonic() - since
-
-    @property
-    def steps(self) -> int:
-        """Batch steps run so far."""
-        return self.scheduler.steps
-
-    @property
-    def waiting(self) -> int:
-        """Completions accepted but not yet in the batch."""
-        return self.scheduler.waiting
-
-    @property
-    def running(self) -> int:
-        """Completions in the batch."""
-        return self.scheduler.running
-
-    @property
-    def idle(self) -> bool:
-        """Whether no completion is waiting or running."""
-        return not self.waiting and not self.running
 
     # -- the worker ----------------------------------------------------------------------
 

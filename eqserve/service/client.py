@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import httpx
 import websockets
@@ -95,7 +95,7 @@ def completion_body(
     }
 
 
-def _ws_url(url: str, api_key: str | None, path: str = "/v1/solve/stream") -> str:
+def _ws_url(url: str, api_key: str | None, path: str) -> str:
     base = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
     return f"{base}{path}" + (f"?token={api_key}" if api_key else "")
 
@@ -106,11 +106,14 @@ def _raise_on_error(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-class SolveStream:
-    """One streaming solve over a WebSocket: iterate it for events; `cancel()` and `extend(n)`."""
+class _Stream:
+    """One request streamed over a WebSocket at `PATH`: iterate it for its events up to and including
+    its result (kept in `result`); `cancel()`, then the result says `cancelled`."""
+
+    PATH: ClassVar[str]
 
     def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
-        self._ws = ws_connect(_ws_url(url, api_key)).__enter__()
+        self._ws = ws_connect(_ws_url(url, api_key, self.PATH)).__enter__()
         self._ws.send(json.dumps(body))
         self.result: dict[str, Any] | None = None
 
@@ -123,58 +126,37 @@ class SolveStream:
                 self.result = event
                 return
 
+    def cancel(self) -> None:
+        """Stop the request; its result arrives with status `cancelled` (a no-op once it has ended)."""
+        with contextlib.suppress(ConnectionClosed):
+            self._ws.send(json.dumps({"type": "cancel"}))
+
+    def close(self) -> None:
+        """Close the connection (the server cancels a request still running)."""
+        self._ws.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SolveStream(_Stream):
+    """One streaming solve: `iterate` events, then its result; `cancel()` and `extend(n)`."""
+
+    PATH = "/v1/solve/stream"
+
     def extend(self, max_iters: int) -> None:
         """Go on for `max_iters` more iterations (after a result with status max_iters or deadline)."""
         self._ws.send(json.dumps({"type": "extend", "max_iters": max_iters}))
 
-    def cancel(self) -> None:
-        """Stop the solve; its result arrives with status `cancelled` (a no-op once it has ended)."""
-        with contextlib.suppress(ConnectionClosed):
-            self._ws.send(json.dumps({"type": "cancel"}))
 
-    def close(self) -> None:
-        """Close the connection (the server cancels a solve still running)."""
-        self._ws.close()
-
-    def __enter__(self) -> SolveStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class CompletionStream:
-    """One streaming completion over a WebSocket: iterate it for its token events, then its result;
+class CompletionStream(_Stream):
+    """One streaming completion: `token` events (`text`, `iterations`, `exit_value`), then its result;
     `cancel()` ends it with the tokens so far."""
 
-    def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
-        self._ws = ws_connect(_ws_url(url, api_key, "/v1/completions/stream")).__enter__()
-        self._ws.send(json.dumps(body))
-        self.result: dict[str, Any] | None = None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Token events (`text`, `iterations`, `exit_value`), then the result event."""
-        while True:
-            event = _raise_on_error(json.loads(self._ws.recv()))
-            yield event
-            if event["type"] == "result":
-                self.result = event
-                return
-
-    def cancel(self) -> None:
-        """Stop the completion; its result arrives with status `cancelled`."""
-        with contextlib.suppress(ConnectionClosed):
-            self._ws.send(json.dumps({"type": "cancel"}))
-
-    def close(self) -> None:
-        """Close the connection (the server cancels a completion still running)."""
-        self._ws.close()
-
-    def __enter__(self) -> CompletionStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    PATH = "/v1/completions/stream"
 
 
 class Client:
@@ -228,7 +210,7 @@ class AsyncSolveStream:
     """The async twin of SolveStream; use `async with client.stream(...) as s: async for e in s`."""
 
     def __init__(self, url: str, body: dict[str, Any], api_key: str | None) -> None:
-        self._url, self._body = _ws_url(url, api_key), body
+        self._url, self._body = _ws_url(url, api_key, SolveStream.PATH), body
         self._ws: Any = None
         self.result: dict[str, Any] | None = None
 

@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from eqserve.engine.completion import CompletionJob, CompletionResult, TokenEvent
 from eqserve.engine.errors import ModelStepError
-from eqserve.service import auth
 from eqserve.service.auth import require_key
 from eqserve.service.completions import (
     CompletionRequest,
@@ -24,9 +23,15 @@ from eqserve.service.completions import (
     now_s,
     response,
 )
-from eqserve.service.drain import refusal
 from eqserve.service.errors import ApiError, internal_error, parse_json, read_json, validate
-from eqserve.service.routes_stream import CLOSE_CODES, error_event, model_error, receive_text
+from eqserve.service.routes_stream import (
+    CLOSE_CODES,
+    admit,
+    error_event,
+    handshake,
+    model_error,
+    receive_text,
+)
 from eqserve.service.routes_v1 import wait_result
 from eqserve.service.state import Served, ServerState
 
@@ -144,17 +149,10 @@ async def _read_cancel(ws: WebSocket, job: CompletionJob) -> None:
 async def completion_stream(ws: WebSocket) -> None:
     """Stream one completion's tokens, each with its inner steps and exit value; then its answer."""
     state: ServerState = ws.app.state.eq
-    if not auth.same_origin_or_allowed(ws.headers, state.settings.allowed_origins):
-        await ws.close(code=1008)
+    if not await handshake(ws, state):
         return
-    await ws.accept()
     try:
-        token = ws.headers.get("authorization") or (
-            f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
-        )
-        auth.check(ws.url.path, token, state.settings.api_key)
-        if ws.app.state.drain.draining:
-            raise refusal()
+        admit(ws, state)
         req, served, job = parse_completion(state, parse_json(await receive_text(ws)))
         feed = start(state, served, job)
     except ApiError as exc:

@@ -185,21 +185,35 @@ class _Control:
             raise ApiError(422, "invalid_message", CONTROL_HELP, "type")
 
 
+async def handshake(ws: WebSocket, state: ServerState) -> bool:
+    """Accept a stream's WebSocket where its origin is allowed; else refuse it before the handshake
+    (the client sees 403)."""
+    if not auth.same_origin_or_allowed(ws.headers, state.settings.allowed_origins):
+        await ws.close(code=1008)
+        return False
+    await ws.accept()
+    return True
+
+
+def admit(ws: WebSocket, state: ServerState) -> None:
+    """A stream's checks once accepted: its key (the header, or `?token=` for browsers), and no new
+    streams while the server drains; an ApiError otherwise."""
+    token = ws.headers.get("authorization") or (
+        f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
+    )
+    auth.check(ws.url.path, token, state.settings.api_key)
+    if ws.app.state.drain.draining:
+        raise refusal()
+
+
 @router.websocket("/v1/solve/stream")
 async def solve_stream(ws: WebSocket) -> None:
     """Stream one solve's iterates; the client may cancel, and extend a solve stopped on budget."""
     state: ServerState = ws.app.state.eq
-    if not auth.same_origin_or_allowed(ws.headers, state.settings.allowed_origins):
-        await ws.close(code=1008)  # before the handshake: the client sees 403
+    if not await handshake(ws, state):
         return
-    await ws.accept()
     try:
-        token = ws.headers.get("authorization") or (
-            f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
-        )
-        auth.check(ws.url.path, token, state.settings.api_key)
-        if ws.app.state.drain.draining:
-            raise refusal()
+        admit(ws, state)
         text = await receive_text(ws)
         req, served, job = await run_in_threadpool(lambda: parse_solve(state, parse_json(text)))
         stream = attach_stream(state, req, served, job)

@@ -176,7 +176,6 @@ function solve(event) {
     complete(request);
     return;
   }
-  if (run.ws) run.ws.close();
   Object.assign(run, {
     mode: request.budget.stop_mode,
     tol: request.budget.tol ?? null,
@@ -188,11 +187,18 @@ function solve(event) {
   });
   clearSummary();
   $("output").textContent = "–";
-  const ws = new WebSocket(streamUrl("/v1/solve/stream"));
+  openStream("/v1/solve/stream", request, handle);
+  draw();
+}
+
+// One request over a WebSocket, its events handed to `onEvent` while it is the page's current one.
+function openStream(path, request, onEvent) {
+  if (run.ws) run.ws.close();
+  const ws = new WebSocket(streamUrl(path));
   run.ws = ws;
   ws.onopen = () => ws.send(JSON.stringify(request));
   ws.onmessage = (msg) => {
-    if (run.ws === ws) handle(JSON.parse(msg.data));
+    if (run.ws === ws) onEvent(JSON.parse(msg.data));
   };
   ws.onclose = () => {
     if (run.ws !== ws) return;
@@ -205,34 +211,17 @@ function solve(event) {
     $("more").disabled = true;
   };
   setRunning(true);
-  draw();
 }
 
 // A completion: each token appended as it is decided, shaded by its recurrence steps.
 function complete(request) {
-  if (run.ws) run.ws.close();
   run.results = 0;
   run.maxIters = request.budget.max_iters || 1;
   clearSummary();
   const tokens = $("tokens");
   tokens.replaceChildren();
   tokens.dataset.tokens = "0";
-  const ws = new WebSocket(streamUrl("/v1/completions/stream"));
-  run.ws = ws;
-  ws.onopen = () => ws.send(JSON.stringify(request));
-  ws.onmessage = (msg) => {
-    if (run.ws === ws) handleToken(JSON.parse(msg.data));
-  };
-  ws.onclose = () => {
-    if (run.ws !== ws) return;
-    if (run.running) {
-      setStatus("error");
-      showError("the connection closed before the result");
-    }
-    run.ws = null;
-    setRunning(false);
-  };
-  setRunning(true);
+  openStream("/v1/completions/stream", request, handleToken);
 }
 
 function handleToken(event) {
