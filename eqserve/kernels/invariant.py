@@ -5,7 +5,9 @@ per-row `bmm` come out the same alone as amid any mates of its shape. Two things
 
 - the dense product y Wᵀ: MKL takes one path (and so one reduction order) for a single row, another
   for two or three and a third from four on, and with several threads it splits the rows so that a
-  row's path depends on its position. `linear` multiplies fixed blocks of BLOCK rows instead;
+  row's path depends on its position. `linear` multiplies fixed blocks of BLOCK rows instead, and
+  pads W's rows to a multiple of WIDTH: for some narrow outputs (5–7 and 9–11 columns) even a fixed
+  block gives a row other bits at another place in it;
 - a norm over a row that the batch pads with zeros (rows of different shapes): torch's vectorised
   sum puts a value in another lane once zeros sit before it. `residuals` sums fixed chunks and folds
   the chunk sums in order, so zeros anywhere add exactly nothing.
@@ -31,6 +33,9 @@ BLOCK = 32
 """Rows per product call. Every call has this shape whatever the batch, so a row takes the same path;
 large enough that a batch of 64 streams W twice, not once per few rows."""
 
+WIDTH = 8
+"""The product's output columns are padded with zero rows of W to a multiple of this."""
+
 CHUNK = 32
 """Entries of a state's last axis summed as one fixed-length piece by `residuals`."""
 
@@ -55,10 +60,15 @@ def enabled() -> bool:
     return getattr(_local, "on", False)
 
 
-def _mkl_packed(w: torch.Tensor) -> torch.Tensor | None:
-    """W packed once for MKL's BLOCK-row product (kept per weight tensor until it changes in place), or
-    None where that product does not apply: re-packing W in every call is most of what splitting a
-    batch into blocks costs."""
+def _wide(w: torch.Tensor) -> torch.Tensor:
+    """W with zero rows appended up to a multiple of WIDTH (W itself where it is one)."""
+    return F.pad(w, (0, 0, 0, -w.shape[0] % WIDTH)) if w.shape[0] % WIDTH else w
+
+
+def _mkl_packed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """W widened and packed once for MKL's BLOCK-row product (kept per weight tensor until it changes
+    in place), or None where that product does not apply: re-packing W in every call is most of what
+    splitting a batch into blocks costs."""
     if (
         w.dtype != torch.float32
         or w.device.type != "cpu"
@@ -69,23 +79,28 @@ def _mkl_packed(w: torch.Tensor) -> torch.Tensor | None:
     with _packed_lock:
         kept = _packed.get(w)
         if kept is None or kept[0] != w._version:
-            kept = _packed[w] = (w._version, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), BLOCK))
-    return kept[1]
+            wide = _wide(w.detach())
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(wide, BLOCK)
+            kept = _packed[w] = (w._version, wide, packed)
+    return kept[1], kept[2]
 
 
 def linear(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """y Wᵀ for y (B, k) and W (m, k); outside the mode the plain product, in it the rows in
-    zero-padded blocks of BLOCK, each its own product of one fixed shape."""
+    zero-padded blocks of BLOCK, each its own product of one fixed shape and width."""
     if not enabled():
         return y @ w.T
-    b = y.shape[0]
+    b, m = y.shape[0], w.shape[0]
     padded = F.pad(y, (0, 0, 0, -b % BLOCK))
-    packed = _mkl_packed(w)
-    parts = [
-        torch.ops.mkl._mkl_linear(blk, packed, w, None, BLOCK) if packed is not None else blk @ w.T
-        for blk in padded.split(BLOCK)
-    ]
-    return torch.cat(parts)[:b]
+    kept = _mkl_packed(w)
+    if kept is not None:
+        wide, packed = kept
+        parts = [torch.ops.mkl._mkl_linear(blk, packed, wide, None, BLOCK) for blk in padded.split(BLOCK)]
+    else:
+        wide = _wide(w)
+        parts = [blk @ wide.T for blk in padded.split(BLOCK)]
+    out = torch.cat(parts)[:b]
+    return out if wide.shape[0] == m else out[:, :m].contiguous()
 
 
 def residuals(

@@ -70,6 +70,22 @@ def test_torch_ticks_are_the_rows_own(build) -> None:
                 assert torch.equal(g, w), f"batch {b}, position {pos}, tick {t + 1}: {part} differs"
 
 
+@pytest.mark.parametrize("k", [16, 100])
+def test_the_product_is_the_rows_own_at_every_width(k: int) -> None:
+    """y Wᵀ in the mode, for every output width from 1 to 40 (MKL takes other paths for narrow
+    outputs, some of which give a row other bits at another place in its block): each row of a batch
+    of 40 gets the bits it gets alone, and the product is y Wᵀ."""
+    g = torch.Generator().manual_seed(k)
+    y = torch.randn(40, k, generator=g)
+    weights = [torch.randn(m, k, generator=g) for m in range(1, 41)]  # weights, not inference tensors
+    with torch.inference_mode(), invariant.mode(True):
+        for m, w in enumerate(weights, start=1):
+            batch = invariant.linear(y, w)
+            torch.testing.assert_close(batch, y @ w.T)
+            for i in range(40):
+                assert torch.equal(invariant.linear(y[i : i + 1], w)[0], batch[i]), f"width {m}, row {i}"
+
+
 def test_default_product_depends_on_the_batch() -> None:
     """Without the mode a row's y Wᵀ changes with its batch, so the test above can fail."""
     model = _deq_mlp()[0]
