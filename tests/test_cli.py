@@ -91,3 +91,10 @@ def test_train_writes_loadable_weights(tmp_path: Path) -> None:
     model = DeqMLP.from_weights(tmp_path / "deq-mlp.safetensors")
     assert model.meta().name == "deq-mlp"
     assert (tmp_path / "deq-mlp-heldout.safetensors").exists()
+
+
+def test_train_names_the_options_a_trainer_takes(tmp_path: Path) -> None:
+    out = run("train", "looped-lm", "--epochs", "3", "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "does not take epochs" in out.stderr and "steps" in out.stderr
+    assert not list(tmp_path.iterdir())  # refused before any training

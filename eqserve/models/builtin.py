@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -54,10 +55,15 @@ def looped_lm() -> LoopedLM:
 
 
 def _trainer(module: str) -> Callable[..., dict]:
-    """`module`'s `train(out_dir, **options)`, imported when called (training code is heavy)."""
+    """`module`'s `train(out_dir, **options)`, imported when called (training code is heavy); an option
+    it does not take is a ValueError naming the ones it does."""
 
     def train(out_dir: Path = WEIGHTS_DIR, **kwargs: object) -> dict:
-        return import_module(module).train(out_dir, **kwargs)
+        fn = import_module(module).train
+        takes = [k for k in inspect.signature(fn).parameters if k != "out_dir"]
+        if unknown := sorted(set(kwargs) - set(takes)):
+            raise ValueError(f"{module} does not take {', '.join(unknown)}; it takes {', '.join(takes)}")
+        return fn(out_dir, **kwargs)
 
     return train
 

@@ -217,7 +217,11 @@ def _train(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in given.items() if v is not None}
     if args.explicit:
         extra["explicit"] = True
-    summary = TRAINERS[args.model](**extra)
+    try:
+        summary = TRAINERS[args.model](**extra)
+    except ValueError as exc:  # an option this model's trainer does not take, or a value it refuses
+        print(f"error: eqserve train {args.model}: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
