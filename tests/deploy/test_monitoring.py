@@ -141,6 +141,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             wait_for(prom, f'sum(eqserve_requests_total{{model="{LM}"}})', 2.0, timeout=60)
             samples = f'min(count_over_time(eqserve_requests_total{{model=~"{SELECTED}"}}[1m]))'
             wait_for(prom, f"{samples} >= bool 2", 1.0)
+            # and of the looped LM's token series, which appear with its first token
+            tokens = f'min(count_over_time(eqserve_token_exits_total{{model="{LM}"}}[1m]))'
+            wait_for(prom, f"{tokens} >= bool 2", 1.0)
             yield Run(url, prom, start, statuses, codes)
 
 
