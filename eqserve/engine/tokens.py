@@ -15,7 +15,6 @@ Its outside is `Worker`'s, as `eqserve.engine.core.Engine`'s is, so the server r
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,7 +237,7 @@ class TokenEngine(Worker):
             job = q.job
             q.tokens.append(token)
             q.iterations.append(q.j)
-            q.exit_values.append(_finite(q.value))
+            q.exit_values.append(q.value)
             q.by_rule.append(q.ruled)
             before = q.text
             if token != model.eos:
@@ -334,7 +333,3 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
     """`text` up to its first stop string (OpenAI's completions leave the stop string out)."""
     at = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
     return text[:at]
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from eqserve.engine.completion import CompletionJob, CompletionResult, TokenEvent
-from eqserve.engine.errors import ModelStepError
 from eqserve.service.auth import require_key
 from eqserve.service.completions import (
     CompletionRequest,
@@ -23,14 +22,14 @@ from eqserve.service.completions import (
     now_s,
     response,
 )
-from eqserve.service.errors import ApiError, internal_error, parse_json, read_json, validate
+from eqserve.service.errors import ApiError, parse_json, read_json, validate
 from eqserve.service.routes_stream import (
-    CLOSE_CODES,
     admit,
     error_event,
     handshake,
-    model_error,
     receive_text,
+    refuse,
+    stream_failure,
 )
 from eqserve.service.routes_v1 import wait_result
 from eqserve.service.state import Served, ServerState
@@ -82,11 +81,6 @@ def start(state: ServerState, served: Served, job: CompletionJob) -> TokenFeed:
     return feed
 
 
-def failure(exc: BaseException, job: CompletionJob) -> ApiError:
-    """The error a failed completion streams: the model's fault named, anything else hidden."""
-    return model_error(exc, job.id) if isinstance(exc, ModelStepError) else internal_error(exc, job.id)
-
-
 @router.post("/v1/completions", dependencies=[Depends(require_key)])
 async def completions(request: Request) -> Any:
     """Complete a prompt with a looped LM, each token within the request's recurrence budget."""
@@ -115,7 +109,7 @@ def _sse(
                 if isinstance(item, TokenEvent):
                     yield f"data: {json.dumps(chunk(job.id, name, created, item))}\n\n".encode()
                 elif (exc := item.exception()) is not None:
-                    err = failure(exc, job)
+                    err = stream_failure(exc, job.id)
                     yield f"data: {json.dumps(error_event(err.type, err.message))}\n\n".encode()
                 else:
                     for last in last_chunks(name, item.result(), created, with_usage):
@@ -156,8 +150,7 @@ async def completion_stream(ws: WebSocket) -> None:
         req, served, job = parse_completion(state, parse_json(await receive_text(ws)))
         feed = start(state, served, job)
     except ApiError as exc:
-        await ws.send_json(error_event(exc.type, exc.message, exc.field))
-        await ws.close(code=CLOSE_CODES.get(exc.status, 1000))
+        await refuse(ws, exc)
         return
     except WebSocketDisconnect:
         return
@@ -170,7 +163,7 @@ async def completion_stream(ws: WebSocket) -> None:
             if isinstance(item, TokenEvent):
                 await ws.send_json({"type": "token", **chunk(job.id, name, created, item)["choices"][0]})
             elif (exc := item.exception()) is not None:
-                err = failure(exc, job)
+                err = stream_failure(exc, job.id)
                 await ws.send_json(error_event(err.type, err.message))
             else:
                 body = response(name, item.result(), req.return_.per_token, created)

@@ -55,12 +55,7 @@ def start_leg(state: ServerState, served: Served, job: SolveJob, stream: EventSt
         if exc is None:
             stream.finish(result_event(served.meta.name, f.result()))
             return
-        if isinstance(exc, EngineDied):
-            err = engine_down(exc)
-        elif isinstance(exc, ModelStepError):
-            err = model_error(exc, job.id)
-        else:
-            err = internal_error(exc, job.id)
+        err = stream_failure(exc, job.id)
         stream.finish(error_event(err.type, err.message))
 
     def give_up() -> None:  # the worker did not answer by the deadline: it is stuck in a step
@@ -81,6 +76,22 @@ def stuck_error() -> ApiError:
     solve's deadline: the worker answers deadlines only between ticks, so the route answers it."""
     message = "the model did not answer by the request's deadline: its worker is stuck in a step"
     return ApiError(503, "stuck", message, "model", {"Retry-After": str(STUCK_RETRY_S)})
+
+
+def stream_failure(exc: BaseException, request_id: str) -> ApiError:
+    """The error event's error of a streamed request that failed: its engine process gone (503), its
+    model's fault named (500), anything else hidden."""
+    if isinstance(exc, EngineDied):
+        return engine_down(exc)
+    if isinstance(exc, ModelStepError):
+        return model_error(exc, request_id)
+    return internal_error(exc, request_id)
+
+
+async def refuse(ws: WebSocket, exc: ApiError) -> None:
+    """A stream refused before it starts: its error event, then the close code of its status."""
+    await ws.send_json(error_event(exc.type, exc.message, exc.field))
+    await ws.close(code=CLOSE_CODES.get(exc.status, 1000))
 
 
 def model_error(exc: ModelStepError, request_id: str) -> ApiError:
@@ -218,8 +229,7 @@ async def solve_stream(ws: WebSocket) -> None:
         req, served, job = await run_in_threadpool(lambda: parse_solve(state, parse_json(text)))
         stream = attach_stream(state, req, served, job)
     except ApiError as exc:
-        await ws.send_json(error_event(exc.type, exc.message, exc.field))
-        await ws.close(code=CLOSE_CODES.get(exc.status, 1000))
+        await refuse(ws, exc)
         return
     except WebSocketDisconnect:
         return
