@@ -22,6 +22,7 @@ from eqserve.models.base import FiniteFloat, InputError
 from eqserve.models.looped import Criterion, ExitRule, LoopedLM
 from eqserve.service.config import Settings
 from eqserve.service.errors import ApiError
+from eqserve.service.jobs import capped
 from eqserve.service.streams import finite_or_none
 
 STOP_CAP = 4
@@ -96,14 +97,7 @@ def build_completion(model: LoopedLM, req: CompletionRequest, settings: Settings
     if len(stops) > STOP_CAP or any(not s for s in stops):
         raise ApiError(422, "invalid_request", f"stop takes up to {STOP_CAP} non-empty strings", "stop")
     default, given, ex = model.default_exit, req.budget, req.budget.exit
-    max_iters = given.max_iters or default.max_iters
-    if max_iters > settings.max_iters_cap:
-        message = f"max_iters {max_iters} exceeds the server's cap {settings.max_iters_cap}"
-        raise ApiError(422, "over_cap", message, "budget.max_iters")
-    timeout = given.timeout_s or settings.timeout_cap_s
-    if timeout > settings.timeout_cap_s:
-        message = f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}"
-        raise ApiError(422, "over_cap", message, "budget.timeout_s")
+    max_iters, timeout = capped(given.max_iters, default.max_iters, given.timeout_s, settings)
     rule = ExitRule(
         criterion=ex.criterion or default.criterion,
         threshold=default.threshold if ex.threshold is None else ex.threshold,

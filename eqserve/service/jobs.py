@@ -12,6 +12,22 @@ from eqserve.service.errors import ApiError, validate
 from eqserve.service.schemas import SolveRequest
 
 
+def capped(
+    max_iters: int | None, default_iters: int, timeout_s: float | None, settings: Settings
+) -> tuple[int, float]:
+    """A request's iteration budget and timeout: the model's default budget (within the server's cap)
+    and the server's timeout cap where unset; 422 naming `budget.*` for a value over its cap."""
+    iters = max_iters or min(default_iters, settings.max_iters_cap)
+    if iters > settings.max_iters_cap:
+        message = f"max_iters {iters} exceeds the server's cap {settings.max_iters_cap}"
+        raise ApiError(422, "over_cap", message, "budget.max_iters")
+    timeout = timeout_s or settings.timeout_cap_s
+    if timeout > settings.timeout_cap_s:
+        message = f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}"
+        raise ApiError(422, "over_cap", message, "budget.timeout_s")
+    return iters, timeout
+
+
 def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings: Settings) -> SolveJob:
     """Encode the request's input and fill its budget and solver options; 422 naming the field."""
     inp = validate(model.Input, req.input, prefix="input")
@@ -31,22 +47,7 @@ def build_job(model: ImplicitModel, meta: ModelMeta, req: SolveRequest, settings
     if req.warm_start is not None:
         y0 = decode_state(req.warm_start, shape, y0, "warm_start")
     budget, solver = req.budget, req.solver
-    max_iters = budget.max_iters or min(meta.default_max_iters, settings.max_iters_cap)
-    if max_iters > settings.max_iters_cap:
-        raise ApiError(
-            422,
-            "over_cap",
-            f"max_iters {max_iters} exceeds the server's cap {settings.max_iters_cap}",
-            "budget.max_iters",
-        )
-    timeout = budget.timeout_s or settings.timeout_cap_s
-    if timeout > settings.timeout_cap_s:
-        raise ApiError(
-            422,
-            "over_cap",
-            f"timeout_s {timeout} exceeds the server's cap {settings.timeout_cap_s}",
-            "budget.timeout_s",
-        )
+    max_iters, timeout = capped(budget.max_iters, meta.default_max_iters, budget.timeout_s, settings)
     defaults = meta.default_solver
     method = solver.method or defaults.get("method", "picard")
     return SolveJob(
