@@ -171,6 +171,7 @@ class EngineClient:
             error = EngineDied(self.name, started)
             if not job.future.done():
                 job.future.set_exception(ModelStepError(self.name, error) if started else error)
+                self.observer.lost(job, started)
         self._unadmitted.clear()
 
     # -- the I/O thread -------------------------------------------------------------------

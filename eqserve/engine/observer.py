@@ -17,6 +17,7 @@ class EngineObserver(Protocol):
     def ran(self, seconds: float, steps: int, rows: int, row_steps: int) -> None: ...
     def finished(self, job: SolveJob, result: SolveResult) -> None: ...
     def token(self, job: CompletionJob, iterations: int, by_rule: bool) -> None: ...
+    def lost(self, job: SolveJob | CompletionJob, started: bool) -> None: ...
 
 
 class NullObserver:
@@ -37,3 +38,7 @@ class NullObserver:
     def token(self, job: CompletionJob, iterations: int, by_rule: bool) -> None:
         """Nothing: a looped LM decided a token after `iterations` inner steps (stopped by its exit
         rule, or by its budget)."""
+
+    def lost(self, job: SolveJob | CompletionJob, started: bool) -> None:
+        """Nothing: the engine process died with `job` unanswered (told by the front's client, as the
+        process that would have finished it is gone)."""

@@ -197,6 +197,14 @@ class _EngineObserver:
         if result.residual is not None and result.residual == result.residual:
             self.residual.observe(result.residual)
 
+    def lost(self, job: SolveJob | CompletionJob, started: bool) -> None:
+        """A request its engine process died with: an error if it had started (its client got a 5xx),
+        else refused as `engine_restarting` (a 503 it may retry), so no request goes uncounted."""
+        if started:
+            self.m.requests.labels(self.model, "error").inc()
+        else:
+            self.m.rejected.labels(self.model, "engine_restarting").inc()
+
 
 class _TokenObserver(_EngineObserver):
     """A looped LM's events: completions, and every token's inner steps and exit."""

@@ -227,6 +227,7 @@ class ServerState:
         except EngineClosed as exc:
             raise ApiError(503, "unloading", str(exc), "model", {"Retry-After": "1"}) from None
         except EngineDied as exc:
+            self.metrics.rejected.labels(served.meta.name, "engine_restarting").inc()
             raise engine_down(exc) from None
 
     def worker_ok(self, served: Served) -> bool:

@@ -30,6 +30,8 @@ LONG = {"max_iters": 10**7, "tol": 0.0}
 
 SLOW = {"x": [0.5], "eta": 1e-6}
 
+ERRORS = 'eqserve_requests_total{model="crashing",status="error"}'
+
 
 def until(check: Callable[[], bool]) -> bool:
     """Whether `check()` comes true within BOUND_S."""
@@ -126,6 +128,7 @@ def test_kill_9_answers_restarts_and_spares_the_other_model(both: TestClient) ->
     crashing, recip = engine(both, "crashing"), engine(both, "reciprocal")
     pid, other_pid = crashing.pid, recip.pid
     steps = crashing.steps  # the counters come with the engine's messages: wait for this solve's steps
+    errors = _counter(both, ERRORS)
     thread, answer = in_background(lambda: solve(both, "crashing", [0.5], 1e-6, **LONG))
     assert until(lambda: crashing.running == 1 and crashing.steps > steps)
     killed = time.monotonic()
@@ -133,6 +136,7 @@ def test_kill_9_answers_restarts_and_spares_the_other_model(both: TestClient) ->
     thread.join(BOUND_S)
     answered_s = time.monotonic() - killed
     assert answer[0].status_code == 500 and answer[0].json()["error"]["type"] == "model_error"
+    assert _counter(both, ERRORS) == errors + 1  # the request the process died with is counted
     assert both.get("/v2/models/crashing/ready").status_code == 503 or crashing.pid != pid
     assert solve(both, "reciprocal", [0.5]).json()["status"] == "converged"  # meanwhile
     assert until(lambda: both.get("/readyz").status_code == 200)
@@ -161,6 +165,7 @@ def test_a_crash_in_step_fails_its_requests_and_the_model_comes_back(both: TestC
     assert refused.status_code == 503 or refused.json()["status"] == "converged"
     if refused.status_code == 503:
         assert refused.json()["error"]["type"] == "engine_restarting" and "retry-after" in refused.headers
+        assert _counter(both, 'eqserve_rejected_total{model="crashing",reason="engine_restarting"}') >= 1
     assert until(lambda: both.get("/v2/models/crashing/ready").status_code == 200)
     assert crashing.pid != pid
     assert solve(both, "crashing", [0.5]).json()["status"] == "converged"
