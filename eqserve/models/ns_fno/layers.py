@@ -57,6 +57,25 @@ class FourierLayer(nn.Module):
         return self.spectral(z) + self.pointwise(z)
 
 
+class Lift(nn.Module):
+    """The forcing's encoder: `depth` Fourier layers 1 → C → … → C with GELU between them and none after
+    (the DEQ adds its output inside its own activation). Deeper than one linear layer because the
+    injection carries the forcing's nonlinear features into every step; the weight-tied block then
+    needs fewer channels for the same parameter count and trains to a lower error (see RESULTS)."""
+
+    def __init__(self, channels: int, modes: int, depth: int) -> None:
+        super().__init__()
+        widths = [1] + [channels] * (depth - 1)
+        self.layers = nn.ModuleList(FourierLayer(c, channels, modes) for c in widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n, n) → (B, C, n, n)."""
+        z = self.layers[0](x)
+        for layer in self.layers[1:]:
+            z = layer(nn.functional.gelu(z))
+        return z
+
+
 class Readout(nn.Module):
     """The pointwise projection C → 2C → 1 (GELU) from the latent field to the vorticity."""
 

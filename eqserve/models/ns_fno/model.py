@@ -1,4 +1,5 @@
-"""ns-fno: steady 2-D Navier–Stokes as a DEQ with a Fourier layer, z = σ(K z + W z + lift(f))."""
+"""ns-fno: steady 2-D Navier–Stokes as a DEQ with a Fourier layer, z = σ(K z + W z + lift(f)), lift a small
+explicit FNO of the forcing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 from eqserve.models.arrays import ArrayError, decode_base64
 from eqserve.models.base import Ctx, EvalReport, FiniteFloat, ImplicitModel, InputError, run_iterations
 from eqserve.models.fitting import relative_error
-from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Readout, operator_norm
+from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Lift, Readout, operator_norm
 from eqserve.models.ns_fno.solver import velocity
 from eqserve.models.shipped import WEIGHTS_DIR
 from eqserve.models.tensors import TensorMap, float_datatype
@@ -77,8 +78,8 @@ def fourier_step(
 
 
 class NsFno(ImplicitModel):
-    """G(z, f) = σ(K z + W z + lift(f)), σ = GELU / max GELU′, ‖K + W‖₂ < 1; the vorticity is a pointwise
-    readout of z.
+    """G(z, f) = σ(K z + W z + lift(f)), σ = GELU / max GELU′, ‖K + W‖₂ < 1, lift a few Fourier layers of
+    the forcing computed once per request; the vorticity is a pointwise readout of z.
 
     The state z is a C-channel latent field (C, n, n) on the forcing's own grid. Rows of different
     sizes may share a batch: `step` applies the layer to each size's rows on their own grid, since
@@ -90,9 +91,9 @@ class NsFno(ImplicitModel):
     Output = NsFnoOutput
     defaults = {"max_iters": 200, "tol": 1e-4, "stop_mode": "rel"}  # noqa: RUF012
 
-    def __init__(self, channels: int, modes: int, weights_dir: Path = WEIGHTS_DIR) -> None:
+    def __init__(self, channels: int, modes: int, lift_depth: int, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
-        self.lift = FourierLayer(1, channels, modes)
+        self.lift = Lift(channels, modes, lift_depth)
         self.block = FourierLayer(channels, channels, modes)
         self.readout = Readout(channels)
         self.weights_dir = Path(weights_dir)
@@ -103,7 +104,8 @@ class NsFno(ImplicitModel):
         path = Path(path)
         state = load_file(str(path))
         modes, channels = state["block.spectral.weight"].shape[1:3]
-        model = cls(channels, modes, weights_dir=path.parent)
+        lift_depth = len({k.split(".")[2] for k in state if k.startswith("lift.layers.")})
+        model = cls(channels, modes, lift_depth, weights_dir=path.parent)
         model.load_state_dict(state, strict=True)
         norm = model.contraction_bound()
         if not norm < 1.0:
@@ -131,7 +133,8 @@ class NsFno(ImplicitModel):
     def description(self) -> str:  # type: ignore[override]
         return (
             "steady 2-D Navier–Stokes (ν = 0.02, drag 0.1, periodic) as a DEQ: one Fourier layer, "
-            f"C = {self.channels}, {self.modes} modes, ‖K + W‖₂ < 1; "
+            f"C = {self.channels}, {self.modes} modes, ‖K + W‖₂ < 1, "
+            f"on a {len(self.lift.layers)}-layer lift of the forcing; "
             f"forcing n×n (n ≥ {2 * self.modes}) → vorticity"
         )
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from eqserve.models.fitting import fit
 from eqserve.models.ns_fno.data import make_dataset
-from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Readout, operator_norm
+from eqserve.models.ns_fno.layers import ExplicitFNO, FourierLayer, Lift, Readout, operator_norm
 from eqserve.models.ns_fno.model import (
     EXPLICIT_FILE,
     FORCING_SCALE,
@@ -32,10 +32,17 @@ class _DeqTrainer(nn.Module):
     truncated Neumann series of implicit differentiation, cheap and stable for a contraction)."""
 
     def __init__(
-        self, channels: int, modes: int, gamma: float, tol: float, max_iters: int, unroll: int
+        self,
+        channels: int,
+        modes: int,
+        lift_depth: int,
+        gamma: float,
+        tol: float,
+        max_iters: int,
+        unroll: int,
     ) -> None:
         super().__init__()
-        self.lift = FourierLayer(1, channels, modes)
+        self.lift = Lift(channels, modes, lift_depth)
         self.block = FourierLayer(channels, channels, modes)
         self.readout = Readout(channels)
         self.gamma, self.tol, self.max_iters, self.unroll = gamma, tol, max_iters, unroll
@@ -87,8 +94,9 @@ def train(
     epochs: int = 40,
     seed: int = 0,
     log: Callable[[str], None] = print,
-    channels: int = 24,
+    channels: int = 14,
     modes: int = 5,
+    lift_depth: int = 3,
     gamma: float = 0.97,
     n_train: int = 1024,
     n_heldout: int = 64,
@@ -120,7 +128,7 @@ def train(
     pairs = (FORCING_SCALE * f, VORTICITY_SCALE * w, FORCING_SCALE * f_val, VORTICITY_SCALE * w_val)
     data = tuple(t.float() for t in pairs)
 
-    deq = _DeqTrainer(channels, modes, gamma, tol=1e-3, max_iters=60, unroll=3)
+    deq = _DeqTrainer(channels, modes, lift_depth, gamma, tol=1e-3, max_iters=60, unroll=3)
     fit(deq, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, tag="ns-fno", log=log, warmup=0.1)
     deq_s = time.perf_counter() - start - data_s
     _save(deq.export(), out_dir / "ns-fno.safetensors")
