@@ -18,6 +18,8 @@ SEL = 'model=~"$model"'
 
 QUANTILES = (0.5, 0.9, 0.99)
 CONVERGED = 'status="converged"'
+LOOPED_MODELS = "eqserve_token_iterations_count"
+"""A series every looped LM has from its start (and no other model): `unless on (model)` it drops them."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ def _heatmap(histogram: str) -> tuple[tuple[str, str], ...]:
 SERVING = (
     Panel(
         "Requests/s by status",
-        "Finished solves per second by final status (converged, max_iters, deadline, diverged, cancelled, "
-        "error).",
+        "Finished requests per second by final status: solves (converged, max_iters, deadline, diverged, "
+        "cancelled, error) and looped LMs' completions (ok, cancelled, deadline, error).",
         ((f"sum by (status) ({_rate('eqserve_requests_total')})", "{{status}}"),),
         "reqps",
     ),
@@ -122,10 +124,12 @@ ITERATIVE = (
     ),
     Panel(
         "Convergence share",
-        "Share of finished solves that converged (reached their tolerance) among all finished solves.",
+        "Share of finished solves that converged (reached their tolerance) among all finished solves; "
+        "looped LMs' completions, which have no tolerance, are left out.",
         (
             (
-                f"sum({_rate('eqserve_requests_total', CONVERGED)}) / sum({_rate('eqserve_requests_total')})",
+                f"sum({_rate('eqserve_requests_total', CONVERGED)}) / "
+                f"sum({_rate('eqserve_requests_total')} unless on (model) {LOOPED_MODELS})",
                 "converged",
             ),
         ),

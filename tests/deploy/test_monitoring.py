@@ -172,6 +172,19 @@ def test_every_dashboard_query_returns_finite_data(run: Run, expr: str) -> None:
     assert_finite_data(run.prom, dashboard.substitute(expr, SELECTED, "eqserve", RATE_INTERVAL))
 
 
+def test_the_convergence_share_counts_solves_only(run: Run) -> None:
+    """With every model selected, the share is the solving model's own: the looped LM's completions
+    (status ok) are left out of the denominator."""
+    (panel,) = [p for p in dashboard.PANELS if p.title == "Convergence share"]
+    at = str(time.time())
+    shares = []
+    for selected, expr in ((SELECTED, panel.targets[0][0]), (MODEL, panel.targets[0][0])):
+        promql = dashboard.substitute(expr, selected, "eqserve", RATE_INTERVAL)
+        body = httpx.get(f"{run.prom}/api/v1/query", params={"query": promql, "time": at}).json()
+        shares.append(float(body["data"]["result"][0]["value"][1]))
+    assert 0 < shares[1] < 1 and shares[0] == pytest.approx(shares[1], rel=1e-9), shares
+
+
 def test_the_dashboard_variables_find_the_model_and_job(run: Run) -> None:
     for var in dashboard.VARIABLES:
         if var["type"] != "query":

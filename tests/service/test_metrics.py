@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from eqserve.models.reciprocal import Reciprocal
-from eqserve.service.metrics import iteration_buckets
+from eqserve.service.metrics import iteration_buckets, recurrence_buckets
 from tests.conftest import make_client, one_running_one_waiting
 from tests.fake_models import NAN_X, Faulty
 
@@ -101,3 +101,5 @@ def test_stream_clients_gauge_counts_open_streams() -> None:
 def test_iteration_buckets_reach_the_cap() -> None:
     assert iteration_buckets(10_000)[-1] == 10_000
     assert iteration_buckets(3_000) == (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3000)
+    assert recurrence_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert recurrence_buckets(100) == (1, 2, 4, 8, 16, 32, 64, 100)
