@@ -8,11 +8,12 @@ waits for its slowest row and against one request at a time; and adaptive exit a
   included) under three policies of the same engine: `continuous` (rows join and leave between
   steps), `static` (the reference `generate`: a batch admitted together, every token waits for the
   batch's slowest row, answers go out together) and one request at a time (`continuous` with one row).
-- Adaptive vs fixed: prompts of the trained lengths (where the shipped model's answers are right;
-  on the longer held-out split it is at chance whatever r) answered with a fixed r per token, for
-  each r, and with latent-diff exit at a range of thresholds under a cap; for the accuracy the best
-  fixed r reaches, the fewest mean iterations per token of each side that reaches it, and their
-  ratio. Prefill (the prompt, at the cap) costs both sides the same and is not counted.
+- Adaptive vs fixed: prompts of the trained lengths answered with a fixed r per token, for each r,
+  and with latent-diff exit at a range of thresholds under a cap. A word of n letters needs about
+  n steps (the product moves about one position per step) and its end token hardly any, so a fixed r
+  must cover the longest word while an exit rule may stop each token once its state settles. For the
+  accuracy the best fixed r reaches, the fewest mean iterations per token of each side that reaches
+  it, and their ratio. Prefill (the prompt, at the cap) costs both sides the same and is not counted.
 
 One torch thread. A table, then with --json one line of ratios.
 
@@ -43,8 +44,8 @@ from eqserve.models.registry import load_model
 CLIENTS = 32
 CAP = 32
 """Per-token recurrence cap of every request (and the prefill's steps)."""
-FIXED_R = (2, 4, 6, 8, 12, 16, 24, 32)
-THRESHOLDS = (3e-2, 1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
+FIXED_R = (2, 4, 8, 10, 11, 12, 13, 14, 16, 24, 32)
+THRESHOLDS = (2e-1, 1e-1, 5e-2, 3e-2, 1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 1e-4)
 GOALS = {"continuous_vs_static": 2.0, "fixed_vs_adaptive_iters": 1.5}
 
 

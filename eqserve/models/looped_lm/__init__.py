@@ -1,1 +1,1 @@
-"""looped-lm: a recurrent-depth transformer in Huginn's layout, trained on prefix parity of bit strings."""
+"""looped-lm: a recurrent-depth transformer in Huginn's layout, trained on the product of words in S3."""

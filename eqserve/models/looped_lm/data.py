@@ -1,32 +1,55 @@
-"""The task: the parity of a bit string, asked as "10110=" and answered "1" then the end token.
+"""The task: the product of a word of permutations of three things (the group S3), asked as "cfab=" and
+answered "d" then the end token.
 
-Parity needs the whole string combined, one bit after another; a transformer of fixed depth has no
-length-independent way to do that, while a recurrence can carry the running parity one more position
-per step (the prefix-sum task of the "deep thinking" line of work). The held-out split is harder than
-training: its strings are longer than any trained on, so only a model that runs more steps answers it.
+S3 is not commutative, so counting letters (what a few attention layers do well) does not give the
+answer: the word has to be multiplied out in order. A recurrence can carry the product one position
+further per step (each position combines its letter with the product its predecessor held one step
+before), so a word of n letters needs about n steps; the held-out split's words are longer than any
+trained on, so only a model that runs more steps answers them. Every position is taught the product of
+the word up to it (the "deep thinking" line's dense prefix supervision), not the answer alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import torch
 
-CHARS = "01="
-"""Token ids 0, 1, 2; the end token is 3."""
+ELEMENTS = tuple(itertools.permutations(range(3)))
+"""The six permutations, letter i standing for ELEMENTS[i]; "a" is the identity."""
+LETTERS = "abcdef"
+CHARS = LETTERS + "="
+"""Token ids 0–5 the letters, 6 the question mark "="; the end token is 7."""
+EQ = CHARS.index("=")
 EOS = len(CHARS)
 VOCAB = EOS + 1
-TRAIN_LENGTHS = (1, 16)
-"""Bit-string lengths trained on (inclusive): the short ones teach the step, the long ones its reach."""
+TRAIN_LENGTHS = (1, 12)
+"""Word lengths trained on (inclusive)."""
 TEST_LENGTHS = (24, 32)
-"""The held-out split's lengths: all longer than any trained on."""
+"""The held-out split's lengths: all at least twice the longest trained on."""
 IGNORE = -100
-"""Targets the loss skips: the prompt's next bits are random, so only the answer is taught."""
+"""Targets the loss skips."""
 
 
-def answer(bits: str) -> str:
-    """The parity of `bits` as one character."""
-    return str(bits.count("1") % 2)
+def times(a: int, b: int) -> int:
+    """The letter of a·b: first a, then b."""
+    pa, pb = ELEMENTS[a], ELEMENTS[b]
+    return ELEMENTS.index(tuple(pb[pa[i]] for i in range(3)))
+
+
+def prefixes(word: str) -> list[int]:
+    """The product of the word up to each of its letters."""
+    out, p = [], 0
+    for c in word:
+        p = times(p, LETTERS.index(c))
+        out.append(p)
+    return out
+
+
+def answer(word: str) -> str:
+    """The product of `word` as one letter (the identity "a" for the empty word)."""
+    return LETTERS[prefixes(word)[-1]] if word else LETTERS[0]
 
 
 def sample(n: int, lengths: tuple[int, int], seed: int) -> list[tuple[str, str]]:
@@ -34,19 +57,26 @@ def sample(n: int, lengths: tuple[int, int], seed: int) -> list[tuple[str, str]]
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        bits = "".join(rng.choice("01") for _ in range(rng.randint(*lengths)))
-        out.append((bits + "=", answer(bits)))
+        word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(*lengths)))
+        out.append((word + "=", answer(word)))
     return out
 
 
-def batch(pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets (B, T) of prompt + answer + end, padded with the end token; the
-    targets keep only the answer's tokens and the end token."""
-    rows = [[CHARS.index(c) for c in p + a] + [EOS] for p, a in pairs]
-    width = max(len(r) for r in rows) - 1
-    x = torch.full((len(rows), width), EOS, dtype=torch.long)
-    y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for i, ((p, _), r) in enumerate(zip(pairs, rows, strict=True)):
-        x[i, : len(r) - 1] = torch.tensor(r[:-1])
-        y[i, len(p) - 1 : len(r) - 1] = torch.tensor(r[len(p) :])
-    return x, y
+def batch(pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets and depths (B, T) of prompt + answer + end, padded with the end token.
+
+    The target of a letter is the product up to it, of "=" the answer, of the answer the end token;
+    padding is IGNORE. The depth of a target is the core steps a one-position-per-step recurrence needs
+    to reach it (position j: j + 1; the end token after the answer: 0), so training can leave out
+    what its r cannot reach.
+    """
+    width = max(len(p) for p, _ in pairs) + 1
+    x = torch.full((len(pairs), width), EOS, dtype=torch.long)
+    y = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+    depth = torch.zeros((len(pairs), width), dtype=torch.long)
+    for i, (p, a) in enumerate(pairs):
+        n = len(p)
+        x[i, : n + 1] = torch.tensor([CHARS.index(c) for c in p + a])
+        y[i, : n + 1] = torch.tensor([*prefixes(p[:-1]), LETTERS.index(a), EOS])
+        depth[i, :n] = torch.arange(1, n + 1)
+    return x, y, depth

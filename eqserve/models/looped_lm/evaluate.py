@@ -2,7 +2,7 @@
 
 The looped model answers through its `LoopedLM` methods (prefill, embed, core_step r times, logits with
 commit), r fixed per token and greedy; the explicit baseline through its whole-sequence forward. An
-answer counts when its tokens are exactly the parity bit and the end token.
+answer counts when its tokens are exactly the word's product and the end token.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from eqserve.models.looped_lm.model import LoopedTransformer
 N_TEST = 256
 TEST_SEED = 1_000_003
 MAX_NEW = 3
-"""Tokens generated per answer: enough to see whether the end token follows the one answer bit."""
+"""Tokens generated per answer: enough to see whether the end token follows the one answer letter."""
 
 
 def greedy_looped(
@@ -90,12 +90,13 @@ def evaluate(model: LoopedTransformer, iters: list[int], weights_dir: Path) -> E
     from eqserve.models.looped_lm.train import EXPLICIT_WEIGHTS
 
     prompts, wanted = held_out()
+    lo, hi = TEST_LENGTHS
     errors = [error(greedy_looped(model, prompts, r, MAX_NEW), wanted) for r in iters]
     baseline = ExplicitLM.from_weights(weights_dir / EXPLICIT_WEIGHTS).eval()
     base_error = error(greedy_parallel(baseline, prompts, MAX_NEW), wanted)
     return EvalReport(
         model=model.name,
-        metric=f"exact-answer error, parity of {TEST_LENGTHS[0]}-{TEST_LENGTHS[1]} bits (trained on shorter)",
+        metric=f"exact-answer error, S3 words of {lo}-{hi} letters (trained on shorter)",
         t=list(iters),
         error=errors,
         params=sum(p.numel() for p in model.parameters()),

@@ -34,8 +34,9 @@ class LoopedTransformer(LoopedLM):
     """Huginn's recurrent-depth transformer: s ← core(adapter([s, e])) r times between prelude and coda."""
 
     name = "looped-lm"
-    default_exit: ClassVar[ExitRule] = ExitRule(criterion="none", max_iters=32)
-    example_prompt: ClassVar[str] = "1011001110110101100111="
+    default_exit: ClassVar[ExitRule] = ExitRule(criterion="none", max_iters=48)
+    """A word of n letters needs about n steps: the default covers the held-out words with room."""
+    example_prompt: ClassVar[str] = "bdcfaebcdfea="
 
     def __init__(self, cfg: LoopedConfig, weights_dir: Path = WEIGHTS_DIR) -> None:
         super().__init__()
