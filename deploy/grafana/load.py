@@ -19,6 +19,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from eqserve.models.looped_lm.data import LETTERS
 from eqserve.service.client import Client, EqserveError
 
 LM = "looped-lm"
@@ -69,15 +70,15 @@ class Load:
             lambda: self.client.solve("reciprocal", {"x": [3.0], "eta": 1.0}),
             lambda: self.client.solve("no-such-model", {"x": [1.0]}),
             lambda: self.client.solve("deq-mlp", self.examples["deq-mlp"], max_iters=10**9),
-            lambda: self.client.complete(LM, "abc", max_tokens=2),
+            lambda: self.client.complete(LM, "xyz=", max_tokens=2),  # letters outside its vocabulary
         )
         if i % 3 == 0:
             self._try(bad[i // 3 % len(bad)])
 
     def completions(self, i: int) -> None:
-        """Completions of random bit strings, one per exit rule."""
+        """Completions of random words of the built-in looped LM's task, one per exit rule."""
         for ex in EXITS:
-            prompt = "".join(random.choice("01") for _ in range(random.randint(8, 13))) + "="
+            prompt = "".join(random.choice(LETTERS) for _ in range(random.randint(4, 12))) + "="
             self._try(self.client.complete, LM, prompt, max_tokens=4, **{"max_iters": 32} | ex)
 
     def streams(self, hold_s: float) -> None:
@@ -88,7 +89,7 @@ class Load:
                 if event["type"] == "iterate" and time.monotonic() - start > hold_s:
                     s.cancel()
         self._count((s.result or {}).get("status", "no result"))
-        with self.client.complete_stream(LM, "0110100111010=", max_tokens=6, max_iters=32) as s:
+        with self.client.complete_stream(LM, "bdcfaebcdfea=", max_tokens=6, max_iters=32) as s:
             for _ in s:
                 pass
         self._count("stream completion")
