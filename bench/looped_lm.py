@@ -8,14 +8,15 @@ waits for its slowest row and against one request at a time; and adaptive exit a
   included) under three policies of the same engine: `continuous` (rows join and leave between
   steps), `static` (the reference `generate`: a batch admitted together, every token waits for the
   batch's slowest row, answers go out together) and one request at a time (`continuous` with one row).
-  Beside them, the prompts' prefill timed alone: every policy does it the same (the whole prompt at the
-  per-token cap, as the reference does), so the static time over it bounds what any policy can gain.
+  A prompt's prefill is part of the scheduled work: it advances one core step per batch step and stops
+  on its request's rule (latent-diff) or budget; under `static` it waits for the batch's slowest
+  prompt, computed as the reference's fixed-step prefill computes it.
 - Adaptive vs fixed: prompts of the trained lengths answered with a fixed r per token, for each r,
   and with latent-diff exit at a range of thresholds under a cap. A word of n letters needs about
   n steps (the product moves about one position per step) and its end token hardly any, so a fixed r
   must cover the longest word while an exit rule may stop each token once its state settles. For the
   accuracy the best fixed r reaches, the fewest mean iterations per token of each side that reaches
-  it, and their ratio. Prefill (the prompt, at the cap) costs both sides the same and is not counted.
+  it, and their ratio, over the generated tokens (the prompt's prefill is not counted).
 
 One torch thread. A table, then with --json one line of ratios.
 
@@ -39,14 +40,13 @@ import torch
 
 from eqserve.engine.completion import CompletionJob, CompletionResult
 from eqserve.engine.tokens import TokenEngine
-from eqserve.kernels import invariant
 from eqserve.models.looped import ExitRule, LoopedLM
 from eqserve.models.looped_lm.data import TEST_LENGTHS, TRAIN_LENGTHS, sample
 from eqserve.models.registry import load_model
 
 CLIENTS = 32
 CAP = 32
-"""Per-token recurrence cap of every request (and the prefill's steps)."""
+"""Per-token recurrence cap of every request (and its prompt's prefill budget)."""
 FIXED_R = (2, 4, 8, 10, 11, 12, 13, 14, 16, 24, 32)
 THRESHOLDS = (2e-1, 1e-1, 5e-2, 3e-2, 1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 1e-4)
 GOALS = {"continuous_vs_static": 2.0, "fixed_vs_adaptive_iters": 1.5}
@@ -91,20 +91,9 @@ def serve(model: LoopedLM, batching: str, rows: int, jobs: list[CompletionJob]) 
     return seconds, tokens[0]
 
 
-def prefill_seconds(model: LoopedLM, specs: list[tuple[list[int], ExitRule]]) -> float:
-    """The prompts' prefill alone, as the engine runs it (all but the last token, at the per-token cap):
-    work every policy does the same, so no policy's time can fall below it."""
-    start = time.perf_counter()
-    with torch.inference_mode(), invariant.mode(True):  # as the engine's loop runs it
-        for prompt, rule in specs:
-            if len(prompt) > 1:
-                model.prefill(prompt[:-1], rule.max_iters, model.new_cache())
-    return time.perf_counter() - start
-
-
-def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], int, float]:
+def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], int]:
     """Seconds each policy takes for the same completions (best of `rounds`, policies interleaved within
-    a round), the completion tokens they produce, and the seconds their prompts' prefill takes alone."""
+    a round), and the completion tokens they produce."""
     rng = random.Random(7)
     pairs = sample(n, (TRAIN_LENGTHS[1] // 2, TEST_LENGTHS[1]), seed=11)
     specs = [(model.encode(p), mixed_rules(rng)) for p, _ in pairs]
@@ -114,7 +103,6 @@ def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], 
 
     best: dict[str, float] = {}
     tokens = {}
-    prefill = float("inf")
     for _ in range(rounds):
         for name, batching, rows in (
             ("continuous", "continuous", CLIENTS),
@@ -123,10 +111,9 @@ def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], 
         ):
             seconds, tokens[name] = serve(model, batching, rows, jobs())
             best[name] = min(best.get(name, float("inf")), seconds)
-        prefill = min(prefill, prefill_seconds(model, specs))
     if len(set(tokens.values())) != 1:
         raise RuntimeError(f"the policies answered with different token counts: {tokens}")
-    return best, tokens["continuous"], prefill
+    return best, tokens["continuous"]
 
 
 def answer_all(model: LoopedLM, prompts: list[list[int]], rule: ExitRule) -> list[CompletionResult]:
@@ -172,17 +159,12 @@ def main() -> None:
     model = load_model("looped-lm")
     n_sched, rounds, n_eval = (96, 1, 128) if args.quick else (256, 2, 256)
 
-    seconds, tokens, prefill_s = scheduling(model, n_sched, rounds)
+    seconds, tokens = scheduling(model, n_sched, rounds)
     tps = {name: tokens / v for name, v in seconds.items()}
     print(f"looped-lm, {CLIENTS} clients, {n_sched} completions, mixed budgets and exit rules")
     print(f"{'policy':<16}{'tokens/s':>10}{'seconds':>10}")
     for name, v in tps.items():
         print(f"{name:<16}{v:>10.1f}{seconds[name]:>10.2f}")
-    bound = seconds["static"] / prefill_s
-    print(
-        f"the prompts' prefill alone takes {prefill_s:.2f} s, the same under every policy: no policy can "
-        f"be more than {bound:.2f}x faster than static on this load"
-    )
 
     fixed, exits = adaptive(model, n_eval)
     print(f"\n{n_eval} prompts of the trained lengths {TRAIN_LENGTHS}: accuracy, mean iterations per token")
@@ -205,8 +187,6 @@ def main() -> None:
     ratios = {
         "continuous_vs_static": tps["continuous"] / tps["static"],
         "continuous_vs_one_at_a_time": tps["continuous"] / tps["one at a time"],
-        "prefill_share_of_static": prefill_s / seconds["static"],
-        "bound_vs_static": bound,
         "fixed_vs_adaptive_iters": fixed_cost / adaptive_cost if reached else 0.0,
         "accuracy_target": target,
     }

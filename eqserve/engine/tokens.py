@@ -3,11 +3,14 @@
 A row is a sequence at its current token. Every batch step runs one core step for each live row,
 whatever its token and inner step; a row whose exit rule (or per-token budget) stops it emits its
 token through the coda and head, and starts its next token's inner loop at the next step, while its
-batch-mates go on. A newcomer joins at the next step. The `static` policy is the baseline the
-reference `generate` gives: a batch is admitted together, every token waits until the batch's
-slowest row has exited, and the answers go out together. A row that has exited is computed while it
-waits, as the reference computes it (it repeats its last step: the same cost, the same bits); a
-finished one waits uncomputed, which makes the baseline a little faster than the reference.
+batch-mates go on. A newcomer joins at the next step, with its prompt: the prompt's whole-sequence
+pass advances one core step per batch step (stopped by the request's rule or budget like a token's
+loop), so a long prompt neither holds up the batch nor runs past its rule. The `static` policy is
+the baseline the reference `generate` gives: a batch is admitted together, every token (and every
+prompt's prefill) waits until the batch's slowest row has exited, and the answers go out together.
+A token or prompt that has exited is computed while it waits, as the reference computes it (it
+repeats its last step: the same cost, the same bits); a finished row waits uncomputed, which makes
+the baseline a little faster than the reference.
 
 Its outside is `Worker`'s, as `eqserve.engine.core.Engine`'s is, so the server runs it like any engine.
 """
@@ -59,6 +62,11 @@ class Seq:
     """The exit rule (not the budget) stopped the current token's loop."""
     done: CompletionResult | None = None
     """Under `static`, the answer held until the batch ends."""
+    filling: Any = None
+    """The prompt's prefill while it runs, one core step of the whole prompt per batch step (the
+    model's `prefill_start` state); None once the last prompt token's loop has started."""
+    fill_s: torch.Tensor | None = None
+    """The prompt's latent states after its last prefill step (latent-diff compares them)."""
     tokens: list[int] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
     exit_values: list[float | None] = field(default_factory=list)
@@ -122,10 +130,11 @@ class TokenEngine(Worker):
         return Seq(job, Row(job, admitted=time.monotonic()), cache, gen)  # type: ignore[arg-type]
 
     def _admit(self, jobs: list[CompletionJob]) -> None:
-        """Prefill each newcomer's prompt (all but its last token, at its per-token budget), then start
-        the inner loop of its last prompt token, whose exit gives the first new token."""
+        """Each newcomer begins the prefill of its prompt (all but its last token), which then runs one
+        core step per batch step beside the other rows until its exit rule or budget; a one-token
+        prompt starts at once the inner loop of its token, whose exit gives the first new token."""
         now = time.monotonic()
-        fresh: list[Seq] = []
+        admitted: list[Seq] = []
         for job in jobs:
             q = self._seq(job, None)
             self.observer.admitted(job, now - job.submitted)
@@ -134,14 +143,20 @@ class TokenEngine(Worker):
                 continue
             q.cache = self.model.new_cache()
             if len(job.prompt) > 1:
-                self.model.prefill(job.prompt[:-1], job.rule.max_iters, q.cache)
-            fresh.append(q)
-        if fresh:
-            e = self.model.embed([q.job.prompt[-1] for q in fresh], [q.cache for q in fresh])
-            s = self.model.init_state(e)
-            for i, q in enumerate(fresh):
-                q.start_token(e[i : i + 1], s[i : i + 1])
-            self._reindex(self.seqs + fresh)
+                q.filling = self.model.prefill_start(job.prompt[:-1], q.cache)
+            admitted.append(q)
+        self._start_last([q for q in admitted if q.filling is None])
+        if admitted:
+            self._reindex(self.seqs + admitted)
+
+    def _start_last(self, rows: list[Seq]) -> None:
+        """Start the inner loop of each row's last prompt token (its prompt, if any, is in its cache)."""
+        if not rows:
+            return
+        e = self.model.embed([q.job.prompt[-1] for q in rows], [q.cache for q in rows])
+        s = self.model.init_state(e)
+        for i, q in enumerate(rows):
+            q.start_token(e[i : i + 1], s[i : i + 1])
 
     def _reindex(self, seqs: list[Seq]) -> None:
         self.seqs = seqs
@@ -151,10 +166,18 @@ class TokenEngine(Worker):
         """One core step for every live row; then the rows whose loop stopped emit their tokens."""
         start = time.perf_counter()
         live = [q for q in self.seqs if not q.exited and q.done is None]
+        decoding = [q for q in live if q.filling is None]
         # the baseline's rows that wait for the slowest are computed as the reference computes them
-        held = [q for q in self.seqs if q.exited and q.done is None] if self.policy.holds else []
-        if live:
-            self._advance(live, held)
+        waiting = [q for q in self.seqs if q.exited and q.done is None] if self.policy.holds else []
+        held = [q for q in waiting if q.filling is None]
+        if decoding:
+            self._advance(decoding, held)
+        for q in live:
+            if q.filling is not None:
+                self._fill(q)
+        for q in waiting:
+            if q.filling is not None:
+                self.model.prefill_step(q.filling, repeat=True)
         self.scheduler.steps += 1
         now = time.monotonic()
         for q in live:
@@ -165,7 +188,14 @@ class TokenEngine(Worker):
         if self.policy.holds and any(not q.exited and q.done is None for q in self.seqs):
             ready = []  # the batch waits for its slowest row
         if ready:
-            self._emit(ready)
+            filled = [q for q in ready if q.filling is not None]
+            if len(filled) < len(ready):
+                self._emit([q for q in ready if q.filling is None])
+            if filled:
+                for q in filled:
+                    self.model.prefill_finish(q.filling, q.j, q.cache)
+                    q.filling = q.fill_s = None
+                self._start_last(filled)
         if self.policy.holds:
             if all(q.done is not None for q in self.seqs):
                 for q in self.seqs:
@@ -209,6 +239,20 @@ class TokenEngine(Worker):
             passed = value is not None and (value >= rule.threshold if stable else value < rule.threshold)
             q.ruled = rule.criterion != "none" and q.j >= rule.min_steps and passed
             q.exited = q.ruled or q.j >= rule.max_iters
+
+    def _fill(self, q: Seq) -> None:
+        """One core step of `q`'s prompt; its prefill stops on latent-diff (the whole prompt's states
+        moving less than the threshold) or at the per-token budget, as a token's loop does. The other
+        criteria judge a next-token distribution, which a prompt does not have: it runs to the budget."""
+        new = self.model.prefill_step(q.filling)
+        q.j += 1
+        rule = q.job.rule
+        if rule.criterion == "latent-diff" and new is not None and q.fill_s is not None:
+            q.value = float(exits.latent_diff(q.fill_s.flatten(), new.flatten()))
+        q.fill_s = new
+        passed = rule.criterion == "latent-diff" and q.value is not None and q.value < rule.threshold
+        q.ruled = passed and q.j >= rule.min_steps
+        q.exited = q.ruled or q.j >= rule.max_iters
 
     @staticmethod
     def _judge_distributions(rows: list[Seq], logp: torch.Tensor) -> None:

@@ -93,6 +93,27 @@ class LoopedLM(nn.Module, ABC):
         """Run `tokens` (the prompt but its last token) through the whole model with `steps` core steps
         each, writing every position's keys and values into `cache`."""
 
+    def prefill_start(self, tokens: list[int], cache: Any) -> Any:
+        """Begin the prefill of `tokens` step by step: the engine then runs one core step of the whole
+        prompt per batch step, beside the decoding rows, and stops it on the request's exit rule (so a
+        newcomer's prompt neither holds up the batch nor runs past its rule). Returns the opaque state
+        the next two methods take. The default only keeps the tokens: the prompt is prefilled whole,
+        at the steps counted, by `prefill_finish`; a model that can step its whole-prompt pass
+        overrides all three."""
+        return tokens
+
+    def prefill_step(self, state: Any, repeat: bool = False) -> torch.Tensor | None:
+        """One core step of every prompt position: their latent states (T, d), which latent-diff
+        compares step to step; None where the model does not step its prefill (it then runs to the
+        request's budget). With `repeat`, the last step computed again and nothing kept: what the
+        static baseline's waiting rows cost, as the reference computes its fixed-step prefill."""
+        return None
+
+    def prefill_finish(self, state: Any, steps: int, cache: Any) -> None:
+        """The prompt has run `steps` core steps: write every position's keys and values into `cache`,
+        as `prefill(tokens, steps, cache)` does."""
+        self.prefill(state, steps, cache)
+
     @abstractmethod
     def embed(self, tokens: list[int], caches: list[Any]) -> torch.Tensor:
         """(B, d): the prelude's output `e` for each row's current token, at the position after its

@@ -55,3 +55,26 @@ def test_alone_and_in_a_mixed_batch_and_under_the_static_baseline(model: LoopedL
             alone.iterations,
             alone.exit_values,
         )
+
+
+def test_a_prompt_prefills_in_the_batch_loop_until_its_rule(model: LoopedLM, monkeypatch) -> None:
+    """A latent-diff request's prompt stops its prefill once the prompt's states settle, before the
+    budget a fixed-r request's prompt runs to; both answer the word's product."""
+    calls: dict[int, int] = {}
+    step = model.prefill_step
+
+    def counted(state: object) -> object:
+        calls[id(state)] = calls.get(id(state), 0) + 1
+        return step(state)
+
+    monkeypatch.setattr(model, "prefill_step", counted)
+    ((word, answer),) = sample(1, (12, 12), seed=3)
+    rules = [
+        ExitRule("latent-diff", threshold=1e-3, min_steps=2, max_iters=48),
+        ExitRule("none", max_iters=48),
+    ]
+    results = complete(model, [(word, rule) for rule in rules])
+    assert sorted(calls.values())[1] == 48
+    assert 12 <= sorted(calls.values())[0] < 48, calls
+    assert [model.decode(r.tokens) for r in results] == [answer, answer]
+

@@ -51,6 +51,44 @@ def test_incremental_decoding_equals_the_whole_sequence_pass(tiny: tuple, steps:
     assert cache.n == len(seq) - 1 and cache.steps == [steps] * cache.n
 
 
+@pytest.mark.parametrize("steps", [1, 4])
+def test_the_step_wise_prefill_writes_the_whole_sequence_pass_bits(tiny: tuple, steps: int) -> None:
+    """`prefill` (step by step, as the engine runs it) fills the cache with the very entries the
+    recorded whole-sequence pass computes, at every step."""
+    model, _ = tiny
+    tokens = [3, 1, 4, 1, 5, 2]
+    with torch.no_grad():
+        cache = model.new_cache()
+        model.prefill(tokens, steps, cache)
+        _, rec = model(torch.tensor([tokens]), steps, record=True)
+    whole = model.new_cache()
+    whole.fill(rec["prelude"][0][0], [c[0] for c in rec["core"]], rec["coda"][0][0])
+    assert cache.n == whole.n == len(tokens) and cache.steps == whole.steps == [steps] * len(tokens)
+    for layer in range(model.config.n_layers_in_prelude):
+        assert all(torch.equal(a, b) for a, b in zip(cache.prelude(layer), whole.prelude(layer), strict=True))
+    for layer in range(model.config.n_layers_in_coda):
+        assert all(torch.equal(a, b) for a, b in zip(cache.coda(layer), whole.coda(layer), strict=True))
+    for j in range(steps + 1):
+        for layer in range(model.config.n_layers_in_recurrent_block):
+            got, want = cache.core(j, layer), whole.core(j, layer)
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match="not 2"):
+        state = model.prefill_start(tokens, model.new_cache())
+        model.prefill_step(state)
+        model.prefill_finish(state, 2, model.new_cache())
+
+
+def test_a_repeated_prefill_step_gives_the_last_states_again_and_keeps_nothing(tiny: tuple) -> None:
+    model, _ = tiny
+    tokens = [3, 1, 4, 1, 5, 2]
+    with torch.no_grad():
+        state = model.prefill_start(tokens, model.new_cache())
+        model.prefill_step(state)
+        last = model.prefill_step(state)
+        assert torch.equal(model.prefill_step(state, repeat=True), last) and len(state.core) == 2
+        assert not torch.equal(model.prefill_step(state), last)
+
+
 def test_a_token_that_stopped_sooner_is_read_at_its_latest_step(tiny: tuple) -> None:
     model, tensors = tiny
     tokens, steps = [2, 5, 1, 3, 0], [2, 2, 5, 1, 4]

@@ -8,6 +8,7 @@ the `LoopedLM` methods are the token-by-token pass the token engine drives, one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,6 +29,19 @@ Steps = int | tuple[int, int]
 def _entries(kvs: list[KV]) -> torch.Tensor:
     """Per-layer keys and values (..., H, hd) stacked as (..., layers, 2, H, hd), the cache's layout."""
     return torch.stack([torch.stack(kv, dim=-3) for kv in kvs], dim=-4)
+
+
+@dataclass
+class Prefill:
+    """A prompt's whole-sequence pass between steps: rotary table, injection, state, entries so far."""
+
+    table: torch.Tensor
+    e: torch.Tensor
+    s: torch.Tensor
+    pre: torch.Tensor
+    core: list[torch.Tensor] = field(default_factory=list)
+    s_in: torch.Tensor | None = None
+    """The last step's input state (a repeated step starts from it)."""
 
 
 class LoopedTransformer(LoopedLM):
@@ -152,12 +166,40 @@ class LoopedTransformer(LoopedLM):
 
     def prefill(self, tokens: list[int], steps: int, cache: LoopedCache) -> None:
         """The whole-sequence pass on an empty cache, every position with `steps` core steps."""
-        if steps < 1:
-            raise ValueError("a token runs at least one core step")
+        state = self.prefill_start(tokens, cache)
+        for _ in range(steps):
+            self.prefill_step(state)
+        self.prefill_finish(state, steps, cache)
+
+    def prefill_start(self, tokens: list[int], cache: LoopedCache) -> Prefill:
+        """The prelude over the prompt, and the start state of its recurrence."""
+        if cache.n:
+            raise ValueError("a prompt is prefilled into an empty cache")
         with torch.no_grad():
             ids = torch.tensor([tokens], device=self.freqs_cis.device)
-            _, rec = self.forward(ids, steps, record=True)
-        cache.fill(rec["prelude"][0][0], [c[0] for c in rec["core"]], rec["coda"][0][0])
+            table = self.freqs_cis[:, : ids.shape[1]]
+            e, pre = self._run(self.transformer.prelude, self._embedding(ids), table, True)
+            return Prefill(table, e, self.init_state(e), pre)
+
+    def prefill_step(self, state: Prefill, repeat: bool = False) -> torch.Tensor:
+        """One core step of every prompt position, its keys and values kept: the states (T, d); with
+        `repeat`, the last step again from its input, nothing kept."""
+        with torch.no_grad():
+            x = self._inject(state.s_in if repeat else state.s, state.e)
+            s, kv = self._run(self.transformer.core_block, x, state.table, True)
+        if repeat:
+            return s[0]
+        state.s_in, state.s = state.s, s
+        state.core.append(kv)
+        return s[0]
+
+    def prefill_finish(self, state: Prefill, steps: int, cache: LoopedCache) -> None:
+        """The coda over the prompt's last states; the cache takes every position's entries."""
+        if steps < 1 or steps != len(state.core):
+            raise ValueError(f"a prompt ran {len(state.core)} core steps, not {steps} (at least one)")
+        with torch.no_grad():
+            _, coda = self._run(self.transformer.coda, self.transformer.ln_f(state.s), state.table, True)
+        cache.fill(state.pre[0], [c[0] for c in state.core], coda[0])
 
     def _table(self, caches: list[LoopedCache]) -> torch.Tensor:
         pos = [c.n for c in caches]
