@@ -78,6 +78,13 @@ class Seq:
         self.e, self.s, self.j, self.value, self.prev, self.stable = e, s, 0, None, None, 0
         self.exited = self.ruled = False
 
+    def decide(self, passed: bool) -> None:
+        """After a step: the loop (a token's or the prompt's) stops by its rule once `passed` and past
+        `min_steps`, and always at its budget."""
+        rule = self.job.rule
+        self.ruled = passed and self.j >= rule.min_steps
+        self.exited = self.ruled or self.j >= rule.max_iters
+
 
 class TokenEngine(Worker):
     """The batching worker of one looped LM, fed by `submit` from any thread."""
@@ -237,8 +244,7 @@ class TokenEngine(Worker):
             rule = q.job.rule
             value, stable = q.value, rule.criterion == "argmax-stability"
             passed = value is not None and (value >= rule.threshold if stable else value < rule.threshold)
-            q.ruled = rule.criterion != "none" and q.j >= rule.min_steps and passed
-            q.exited = q.ruled or q.j >= rule.max_iters
+            q.decide(rule.criterion != "none" and passed)
 
     def _fill(self, q: Seq) -> None:
         """One core step of `q`'s prompt; its prefill stops on latent-diff (the whole prompt's states
@@ -250,9 +256,7 @@ class TokenEngine(Worker):
         if rule.criterion == "latent-diff" and new is not None and q.fill_s is not None:
             q.value = float(exits.latent_diff(q.fill_s.flatten(), new.flatten()))
         q.fill_s = new
-        passed = rule.criterion == "latent-diff" and q.value is not None and q.value < rule.threshold
-        q.ruled = passed and q.j >= rule.min_steps
-        q.exited = q.ruled or q.j >= rule.max_iters
+        q.decide(rule.criterion == "latent-diff" and q.value is not None and q.value < rule.threshold)
 
     @staticmethod
     def _judge_distributions(rows: list[Seq], logp: torch.Tensor) -> None:
