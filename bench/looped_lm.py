@@ -8,15 +8,20 @@ waits for its slowest row and against one request at a time; and adaptive exit a
   included) under three policies of the same engine: `continuous` (rows join and leave between
   steps), `static` (the reference `generate`: a batch admitted together, every token waits for the
   batch's slowest row, answers go out together) and one request at a time (`continuous` with one row).
-  A prompt's prefill is part of the scheduled work: it advances one core step per batch step and stops
-  on its request's rule (latent-diff) or budget; under `static` it waits for the batch's slowest
-  prompt, computed as the reference's fixed-step prefill computes it.
+  A prompt's loop is its first token's: the whole prompt advances one core step per batch step until
+  its request's rule or budget; under `static` it waits for the batch's slowest, computed as the
+  reference computes it. Each policy's work is counted too: batch steps,
+  decoding row-steps (a token's core step, or a waiting row's repeat) and prompt position-steps (a
+  prompt position's core step). Either kind of position-step runs one position through the core
+  block, so a batch step costs a fixed part plus its position-steps' work, and static's time over
+  continuous's is at most the larger of their ratios of batch steps and of position-steps, on any
+  machine: the bound printed beside the measured ratio.
 - Adaptive vs fixed: prompts of the trained lengths answered with a fixed r per token, for each r,
   and with latent-diff exit at a range of thresholds under a cap. A word of n letters needs about
   n steps (the product moves about one position per step) and its end token hardly any, so a fixed r
   must cover the longest word while an exit rule may stop each token once its state settles. For the
   accuracy the best fixed r reaches, the fewest mean iterations per token of each side that reaches
-  it, and their ratio, over the generated tokens (the prompt's prefill is not counted).
+  it, and their ratio, over the generated tokens (the first one's count is its prompt's loop).
 
 One torch thread. A table, then with --json one line of ratios.
 
@@ -42,6 +47,7 @@ from eqserve.engine.completion import CompletionJob, CompletionResult
 from eqserve.engine.tokens import TokenEngine
 from eqserve.models.looped import ExitRule, LoopedLM
 from eqserve.models.looped_lm.data import TEST_LENGTHS, TRAIN_LENGTHS, sample
+from eqserve.models.looped_lm.model import Prefill
 from eqserve.models.registry import load_model
 
 CLIENTS = 32
@@ -62,9 +68,43 @@ def mixed_rules(rng: random.Random) -> ExitRule:
     return ExitRule("none", max_iters=rng.choice((8, 16, 32)))
 
 
-def serve(model: LoopedLM, batching: str, rows: int, jobs: list[CompletionJob]) -> tuple[float, int]:
-    """Wall seconds and completion tokens for `jobs`, sent by CLIENTS closed-loop clients."""
+WORK = ("batch steps", "decoding row-steps", "prompt position-steps")
+
+
+def _positions(work: dict[str, int]) -> int:
+    """Position-steps of either kind: each runs one position through the core block."""
+    return work["decoding row-steps"] + work["prompt position-steps"]
+
+
+def count_work(model: LoopedLM) -> dict[str, int]:
+    """Make `model` count the decoding row-steps and prompt position-steps the engine asks of it, into
+    the dict returned (the engine counts its batch steps)."""
+    work = dict.fromkeys(WORK, 0)
+    batch_step = model.batch_step
+
+    def counted(
+        s: torch.Tensor | None,
+        e: torch.Tensor | None,
+        caches: list,
+        steps: list[int],
+        prompts: list[Prefill],
+        repeat: list[bool],
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        work["decoding row-steps"] += len(steps)
+        work["prompt position-steps"] += sum(st.e.shape[1] for st in prompts)
+        return batch_step(s, e, caches, steps, prompts, repeat)
+
+    model.batch_step = counted  # type: ignore[method-assign]
+    return work
+
+
+def serve(
+    model: LoopedLM, work: dict[str, int], batching: str, rows: int, jobs: list[CompletionJob]
+) -> tuple[float, int, dict[str, int]]:
+    """Wall seconds, completion tokens and the model's work (counted into `work`) for `jobs`, sent by
+    CLIENTS closed-loop clients."""
     engine = TokenEngine(model, max_batch_rows=rows, max_queue=len(jobs), batching=batching)
+    work.update(dict.fromkeys(WORK, 0))
     engine.start()
     todo = list(jobs)
     lock = threading.Lock()
@@ -88,12 +128,12 @@ def serve(model: LoopedLM, batching: str, rows: int, jobs: list[CompletionJob]) 
         t.join()
     seconds = time.perf_counter() - start
     engine.stop()
-    return seconds, tokens[0]
+    return seconds, tokens[0], {**work, "batch steps": engine.scheduler.steps}
 
 
-def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], int]:
+def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], int, dict[str, dict]]:
     """Seconds each policy takes for the same completions (best of `rounds`, policies interleaved within
-    a round), and the completion tokens they produce."""
+    a round), the completion tokens they produce and the work of each policy's last run."""
     rng = random.Random(7)
     pairs = sample(n, (TRAIN_LENGTHS[1] // 2, TEST_LENGTHS[1]), seed=11)
     specs = [(model.encode(p), mixed_rules(rng)) for p, _ in pairs]
@@ -103,17 +143,19 @@ def scheduling(model: LoopedLM, n: int, rounds: int) -> tuple[dict[str, float], 
 
     best: dict[str, float] = {}
     tokens = {}
+    work = {}
+    counter = count_work(model)
     for _ in range(rounds):
         for name, batching, rows in (
             ("continuous", "continuous", CLIENTS),
             ("static", "static", CLIENTS),
             ("one at a time", "continuous", 1),
         ):
-            seconds, tokens[name] = serve(model, batching, rows, jobs())
+            seconds, tokens[name], work[name] = serve(model, counter, batching, rows, jobs())
             best[name] = min(best.get(name, float("inf")), seconds)
     if len(set(tokens.values())) != 1:
         raise RuntimeError(f"the policies answered with different token counts: {tokens}")
-    return best, tokens["continuous"]
+    return best, tokens["continuous"], work
 
 
 def answer_all(model: LoopedLM, prompts: list[list[int]], rule: ExitRule) -> list[CompletionResult]:
@@ -159,12 +201,21 @@ def main() -> None:
     model = load_model("looped-lm")
     n_sched, rounds, n_eval = (96, 1, 128) if args.quick else (256, 2, 256)
 
-    seconds, tokens = scheduling(model, n_sched, rounds)
+    seconds, tokens, work = scheduling(model, n_sched, rounds)
     tps = {name: tokens / v for name, v in seconds.items()}
     print(f"looped-lm, {CLIENTS} clients, {n_sched} completions, mixed budgets and exit rules")
-    print(f"{'policy':<16}{'tokens/s':>10}{'seconds':>10}")
+    print(f"{'policy':<16}{'tokens/s':>10}{'seconds':>10}" + "".join(f"{w:>24}" for w in WORK))
     for name, v in tps.items():
-        print(f"{name:<16}{v:>10.1f}{seconds[name]:>10.2f}")
+        counts = "".join(f"{work[name][w]:>24}" for w in WORK)
+        print(f"{name:<16}{v:>10.1f}{seconds[name]:>10.2f}{counts}")
+    static, cont = work["static"], work["continuous"]
+    steps = static["batch steps"] / cont["batch steps"]
+    positions = _positions(static) / _positions(cont)
+    bound = max(steps, positions)
+    print(
+        f"static runs {steps:.2f}x continuous's batch steps and {positions:.2f}x its position-steps: "
+        f"no machine can see continuous more than {bound:.2f}x faster on this load"
+    )
 
     fixed, exits = adaptive(model, n_eval)
     print(f"\n{n_eval} prompts of the trained lengths {TRAIN_LENGTHS}: accuracy, mean iterations per token")
@@ -186,6 +237,7 @@ def main() -> None:
     )
     ratios = {
         "continuous_vs_static": tps["continuous"] / tps["static"],
+        "bound_vs_static": bound,
         "continuous_vs_one_at_a_time": tps["continuous"] / tps["one at a time"],
         "fixed_vs_adaptive_iters": fixed_cost / adaptive_cost if reached else 0.0,
         "accuracy_target": target,

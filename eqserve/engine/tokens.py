@@ -3,14 +3,15 @@
 A row is a sequence at its current token. Every batch step runs one core step for each live row,
 whatever its token and inner step; a row whose exit rule (or per-token budget) stops it emits its
 token through the coda and head, and starts its next token's inner loop at the next step, while its
-batch-mates go on. A newcomer joins at the next step, with its prompt: the prompt's whole-sequence
-pass advances one core step per batch step (stopped by the request's rule or budget like a token's
-loop), so a long prompt neither holds up the batch nor runs past its rule. The `static` policy is
-the baseline the reference `generate` gives: a batch is admitted together, every token (and every
-prompt's prefill) waits until the batch's slowest row has exited, and the answers go out together.
-A token or prompt that has exited is computed while it waits, as the reference computes it (it
-repeats its last step: the same cost, the same bits); a finished row waits uncomputed, which makes
-the baseline a little faster than the reference.
+batch-mates go on. A newcomer joins at the next step with its prompt, whose loop is the first new
+token's, as in the reference `generate`: the whole prompt advances one core step per batch step,
+packed into the same model call as the decoding rows, until the request's rule or budget stops it,
+so a long prompt neither holds up the batch nor runs past its rule. The `static` policy is the
+baseline the reference `generate` gives: a batch is admitted together, every token (the first one
+being the prompt's loop) waits until the batch's slowest row has exited, and the answers go out
+together. A token or prompt that has exited is computed while it waits, as the reference computes it
+(it repeats its last step: the same cost, the same bits); a finished row waits uncomputed, which
+makes the baseline a little faster than the reference.
 
 Its outside is `Worker`'s, as `eqserve.engine.core.Engine`'s is, so the server runs it like any engine.
 """
@@ -45,7 +46,7 @@ class Seq:
     cache: Any
     generator: torch.Generator | None
     e: torch.Tensor = field(init=False)
-    s: torch.Tensor = field(init=False)
+    s: torch.Tensor | None = None
     s_in: torch.Tensor = field(init=False)
     """The input of the current token's last core step (a static batch's idle row repeats it)."""
     j: int = 0
@@ -63,10 +64,11 @@ class Seq:
     done: CompletionResult | None = None
     """Under `static`, the answer held until the batch ends."""
     filling: Any = None
-    """The prompt's prefill while it runs, one core step of the whole prompt per batch step (the
-    model's `prefill_start` state); None once the last prompt token's loop has started."""
+    """The prompt's loop, the first new token's, while it runs: one core step of the whole prompt per
+    batch step (the model's `prefill_start` state); None once the first token is out."""
     fill_s: torch.Tensor | None = None
-    """The prompt's latent states after its last prefill step (latent-diff compares them)."""
+    """The prompt's latent states after its loop's last step (latent-diff compares them; the last
+    position's is the next token's warm start)."""
     tokens: list[int] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
     exit_values: list[float | None] = field(default_factory=list)
@@ -137,9 +139,8 @@ class TokenEngine(Worker):
         return Seq(job, Row(job, admitted=time.monotonic()), cache, gen)  # type: ignore[arg-type]
 
     def _admit(self, jobs: list[CompletionJob]) -> None:
-        """Each newcomer begins the prefill of its prompt (all but its last token), which then runs one
-        core step per batch step beside the other rows until its exit rule or budget; a one-token
-        prompt starts at once the inner loop of its token, whose exit gives the first new token."""
+        """Each newcomer begins its prompt's loop, the first new token's: one core step of the whole
+        prompt per batch step beside the other rows, until its exit rule or budget."""
         now = time.monotonic()
         admitted: list[Seq] = []
         for job in jobs:
@@ -149,21 +150,10 @@ class TokenEngine(Worker):
                 self._answer(q, "cancelled" if job.cancelled else "deadline", "cancelled")
                 continue
             q.cache = self.model.new_cache()
-            if len(job.prompt) > 1:
-                q.filling = self.model.prefill_start(job.prompt[:-1], q.cache)
+            q.filling = self.model.prefill_start(job.prompt, q.cache, job.rule.max_iters)
             admitted.append(q)
-        self._start_last([q for q in admitted if q.filling is None])
         if admitted:
             self._reindex(self.seqs + admitted)
-
-    def _start_last(self, rows: list[Seq]) -> None:
-        """Start the inner loop of each row's last prompt token (its prompt, if any, is in its cache)."""
-        if not rows:
-            return
-        e = self.model.embed([q.job.prompt[-1] for q in rows], [q.cache for q in rows])
-        s = self.model.init_state(e)
-        for i, q in enumerate(rows):
-            q.start_token(e[i : i + 1], s[i : i + 1])
 
     def _reindex(self, seqs: list[Seq]) -> None:
         self.seqs = seqs
@@ -176,15 +166,11 @@ class TokenEngine(Worker):
         decoding = [q for q in live if q.filling is None]
         # the baseline's rows that wait for the slowest are computed as the reference computes them
         waiting = [q for q in self.seqs if q.exited and q.done is None] if self.policy.holds else []
-        held = [q for q in waiting if q.filling is None]
-        if decoding:
-            self._advance(decoding, held)
-        for q in live:
-            if q.filling is not None:
-                self._fill(q)
-        for q in waiting:
-            if q.filling is not None:
-                self.model.prefill_step(q.filling, repeat=True)
+        held = [q for q in waiting if q.filling is None] if decoding else []
+        filling = [q for q in live if q.filling is not None]
+        repeating = [q for q in waiting if q.filling is not None]
+        if decoding or filling or repeating:
+            self._advance(decoding, held, filling, repeating)
         self.scheduler.steps += 1
         now = time.monotonic()
         for q in live:
@@ -195,14 +181,7 @@ class TokenEngine(Worker):
         if self.policy.holds and any(not q.exited and q.done is None for q in self.seqs):
             ready = []  # the batch waits for its slowest row
         if ready:
-            filled = [q for q in ready if q.filling is not None]
-            if len(filled) < len(ready):
-                self._emit([q for q in ready if q.filling is None])
-            if filled:
-                for q in filled:
-                    self.model.prefill_finish(q.filling, q.j, q.cache)
-                    q.filling = q.fill_s = None
-                self._start_last(filled)
+            self._emit(ready)
         if self.policy.holds:
             if all(q.done is not None for q in self.seqs):
                 for q in self.seqs:
@@ -215,16 +194,28 @@ class TokenEngine(Worker):
         self.last_run_rows = len(live)
         self.observer.ran(time.perf_counter() - start, 1, len(live), len(live))
 
-    def _advance(self, live: list[Seq], held: list[Seq]) -> None:
-        """One core step of `live` and their exit values; marks the rows whose loop stops. The `held`
-        rows (static batching) repeat their last step, which writes their caches the same bits again,
-        so they cost what the reference's idle rows cost and change nothing."""
-        model = self.model
-        rows = live + held
-        s = torch.cat([q.s for q in live] + [q.s_in for q in held])
+    def _advance(self, live: list[Seq], held: list[Seq], filling: list[Seq], repeating: list[Seq]) -> None:
+        """One batch step, one model call: a core step of the `live` decoding rows and a prefill step
+        of the `filling` prompts; then their exit values, marking the rows whose loop stops. The `held`
+        rows and `repeating` prompts (static batching) repeat their last step, which writes their
+        caches the same bits again, so they cost what the reference's idle rows cost and change nothing."""
+        rows, prompts = live + held, filling + repeating
+        s = torch.cat([q.s for q in live] + [q.s_in for q in held]) if rows else None
+        e = torch.cat([q.e for q in rows]) if rows else None
         steps = [q.j for q in live] + [q.j - 1 for q in held]
-        new = model.core_step(s, torch.cat([q.e for q in rows]), [q.cache for q in rows], steps)[: len(live)]
-        s = s[: len(live)]
+        new, news = self.model.batch_step(
+            s, e, [q.cache for q in rows], steps,
+            [q.filling for q in prompts], [False] * len(filling) + [True] * len(repeating),
+        )  # fmt: skip
+        if live:
+            assert s is not None and new is not None
+            self._judge_tokens(live, s[: len(live)], new[: len(live)])
+        if filling:
+            self._judge_prompts(filling, news[: len(filling)])
+
+    def _judge_tokens(self, live: list[Seq], s: torch.Tensor, new: torch.Tensor) -> None:
+        """The decoding rows' exit values from their states before (`s`) and after (`new`) the step."""
+        model = self.model
         diffs: list[float] | None = None
         peek = [i for i, q in enumerate(live) if q.job.rule.criterion in exits.NEEDS_LOGITS and _checks(q)]
         logp = None
@@ -235,28 +226,28 @@ class TokenEngine(Worker):
         for i, q in enumerate(live):
             q.s_in, q.s = s[i : i + 1], new[i : i + 1]
             q.j += 1
-            criterion = q.job.rule.criterion
-            if criterion == "latent-diff":
+            if q.job.rule.criterion == "latent-diff":
                 q.value = diffs[i]  # type: ignore[index]
         if logp is not None:
             self._judge_distributions([live[i] for i in peek], logp)
         for q in live:
-            rule = q.job.rule
-            value, stable = q.value, rule.criterion == "argmax-stability"
-            passed = value is not None and (value >= rule.threshold if stable else value < rule.threshold)
-            q.decide(rule.criterion != "none" and passed)
+            q.decide(_passed(q))
 
-    def _fill(self, q: Seq) -> None:
-        """One core step of `q`'s prompt; its prefill stops on latent-diff (the whole prompt's states
-        moving less than the threshold) or at the per-token budget, as a token's loop does. The other
-        criteria judge a next-token distribution, which a prompt does not have: it runs to the budget."""
-        new = self.model.prefill_step(q.filling)
-        q.j += 1
-        rule = q.job.rule
-        if rule.criterion == "latent-diff" and new is not None and q.fill_s is not None:
-            q.value = float(exits.latent_diff(q.fill_s.flatten(), new.flatten()))
-        q.fill_s = new
-        q.decide(rule.criterion == "latent-diff" and q.value is not None and q.value < rule.threshold)
+    def _judge_prompts(self, rows: list[Seq], news: list[torch.Tensor | None]) -> None:
+        """The prompts' exit values after a step of their loop, judged as the reference judges its
+        prefill: latent-diff on every position's state (the mean of their relative moves), the
+        distribution criteria on the last position's next-token distribution."""
+        for q, new in zip(rows, news, strict=True):
+            q.j += 1
+            if q.job.rule.criterion == "latent-diff" and new is not None and q.fill_s is not None:
+                q.value = float(exits.latent_diff(q.fill_s, new).mean())
+            q.fill_s = new
+        peek = [q for q in rows if q.job.rule.criterion in exits.NEEDS_LOGITS and _checks(q, 1)]
+        if peek:
+            logp = exits.log_probs(self.model.prefill_logits([q.filling for q in peek]))
+            self._judge_distributions(peek, logp)
+        for q in rows:
+            q.decide(_passed(q))
 
     @staticmethod
     def _judge_distributions(rows: list[Seq], logp: torch.Tensor) -> None:
@@ -276,12 +267,22 @@ class TokenEngine(Worker):
             q.prev = logp[i : i + 1]
 
     def _emit(self, rows: list[Seq]) -> None:
-        """Each row's token from its state; the rows that go on start their next token."""
+        """Each row's token from its state (a prompt's, the first new token, from its last position);
+        the rows that go on start their next token."""
         model = self.model
-        logits = model.logits(torch.cat([q.s for q in rows]), [q.cache for q in rows], True)
+        decoding = [q for q in rows if q.filling is None]
+        logits = {}
+        if decoding:
+            out = model.logits(torch.cat([q.s for q in decoding]), [q.cache for q in decoding], True)
+            logits = {id(q): out[i] for i, q in enumerate(decoding)}
+        for q in rows:
+            if q.filling is not None:
+                logits[id(q)] = model.prefill_finish(q.filling, q.j, q.cache)
+                q.s = q.fill_s[-1:] if q.fill_s is not None else None  # the warm start of the next token
+                q.filling = q.fill_s = None
         going: list[Seq] = []
-        for i, q in enumerate(rows):
-            token = self._sample(q, logits[i])
+        for q in rows:
+            token = self._sample(q, logits[id(q)])
             job = q.job
             q.tokens.append(token)
             q.iterations.append(q.j)
@@ -304,9 +305,10 @@ class TokenEngine(Worker):
                 going.append(q)
         if going:
             e = model.embed([q.tokens[-1] for q in going], [q.cache for q in going])
-            s = None if all(q.job.warm_start for q in going) else model.init_state(e)
+            s = model.init_state(e)
             for i, q in enumerate(going):
-                q.start_token(e[i : i + 1], q.s if q.job.warm_start else s[i : i + 1])  # type: ignore[index]
+                warm = q.job.warm_start and q.s is not None
+                q.start_token(e[i : i + 1], q.s if warm else s[i : i + 1])  # type: ignore[arg-type]
 
     @staticmethod
     def _sample(q: Seq, logits: torch.Tensor) -> int:
@@ -372,9 +374,17 @@ class TokenEngine(Worker):
         self._reindex([])
 
 
-def _checks(q: Seq) -> bool:
-    """Whether the inner step now running looks at the distribution."""
-    return (q.j + 1) % q.job.rule.check_every == 0
+def _checks(q: Seq, ran: int = 0) -> bool:
+    """Whether the inner step now running (`ran` = 0) or just run (1) looks at the distribution."""
+    return (q.j + 1 - ran) % q.job.rule.check_every == 0
+
+
+def _passed(q: Seq) -> bool:
+    """Whether the loop's last exit value passes its rule's threshold."""
+    rule, value = q.job.rule, q.value
+    if rule.criterion == "none" or value is None:
+        return False
+    return value >= rule.threshold if rule.criterion == "argmax-stability" else value < rule.threshold
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:

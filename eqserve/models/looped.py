@@ -43,6 +43,17 @@ class ExitRule:
     max_iters: int = 32
 
 
+@dataclass
+class _LastToken:
+    """The default prompt loop's state: the last prompt token's inner loop over the prefilled rest."""
+
+    cache: Any
+    e: torch.Tensor
+    s: torch.Tensor
+    s_in: torch.Tensor | None = None
+    steps: int = 0
+
+
 class LoopedLM(nn.Module, ABC):
     """A recurrent-depth LM: `embed` a token, `core_step` its state, `logits` from the state."""
 
@@ -90,29 +101,50 @@ class LoopedLM(nn.Module, ABC):
 
     @abstractmethod
     def prefill(self, tokens: list[int], steps: int, cache: Any) -> None:
-        """Run `tokens` (the prompt but its last token) through the whole model with `steps` core steps
+        """Run `tokens` (a prompt but its last token) through the whole model with `steps` core steps
         each, writing every position's keys and values into `cache`."""
 
-    def prefill_start(self, tokens: list[int], cache: Any) -> Any:
-        """Begin the prefill of `tokens` step by step: the engine then runs one core step of the whole
-        prompt per batch step, beside the decoding rows, and stops it on the request's exit rule (so a
-        newcomer's prompt neither holds up the batch nor runs past its rule). Returns the opaque state
-        the next two methods take. The default only keeps the tokens: the prompt is prefilled whole,
-        at the steps counted, by `prefill_finish`; a model that can step its whole-prompt pass
-        overrides all three."""
-        return tokens
+    def prefill_start(self, tokens: list[int], cache: Any, max_steps: int) -> Any:
+        """Begin the loop of a whole prompt, `tokens`, the first new token's loop: the engine then runs
+        one core step of it per batch step (`prefill_step`), beside the decoding rows, until the
+        request's exit rule (judged as the reference `generate` judges its prefill: latent-diff over
+        every position's state, the distribution criteria on the last position's next-token
+        distribution) or its budget of `max_steps`; `prefill_finish` then gives the first token's
+        logits. Returns the opaque state the other three take.
 
-    def prefill_step(self, state: Any, repeat: bool = False) -> torch.Tensor | None:
-        """One core step of every prompt position: their latent states (T, d), which latent-diff
-        compares step to step; None where the model does not step its prefill (it then runs to the
-        request's budget). With `repeat`, the last step computed again and nothing kept: what the
-        static baseline's waiting rows cost, as the reference computes its fixed-step prefill."""
-        return None
+        The default serves a model that only has the methods below: it prefills all but the last token
+        at once at `max_steps` core steps (`prefill`) and runs the last token's own inner loop as the
+        prompt's loop. A model that can step its whole prompt overrides all four, so that a prompt
+        runs only as many steps as its rule needs."""
+        self.prefill(tokens[:-1], max_steps, cache)
+        e = self.embed(tokens[-1:], [cache])
+        return _LastToken(cache, e, self.init_state(e))
 
-    def prefill_finish(self, state: Any, steps: int, cache: Any) -> None:
-        """The prompt has run `steps` core steps: write every position's keys and values into `cache`,
-        as `prefill(tokens, steps, cache)` does."""
-        self.prefill(state, steps, cache)
+    def prefill_step(self, states: list[Any], repeat: list[bool]) -> list[torch.Tensor | None]:
+        """One core step of each prompt in `states` (prompts of different lengths at different steps,
+        one call per batch step): their latent states (T_i, d), which latent-diff compares step to
+        step (None where the model does not give them: the prompt then runs to its budget). Where
+        `repeat[i]`, prompt i's last step is computed again and nothing kept: what the static
+        baseline's waiting rows cost, as the reference computes its fixed-step batch."""
+        if not states:
+            return []
+        s = torch.cat([st.s_in if r else st.s for st, r in zip(states, repeat, strict=True)])
+        steps = [st.steps - 1 if r else st.steps for st, r in zip(states, repeat, strict=True)]
+        new = self.core_step(s, torch.cat([st.e for st in states]), [st.cache for st in states], steps)
+        for i, (st, r) in enumerate(zip(states, repeat, strict=True)):
+            if not r:
+                st.s_in, st.s, st.steps = st.s, new[i : i + 1], st.steps + 1
+        return [new[i : i + 1] for i in range(len(states))]
+
+    def prefill_logits(self, states: list[Any]) -> torch.Tensor:
+        """(P, vocab): each prompt's next-token logits at its last position, from its current states,
+        nothing kept (a distribution criterion peeking)."""
+        return self.logits(torch.cat([st.s for st in states]), [st.cache for st in states], False)
+
+    def prefill_finish(self, state: Any, steps: int, cache: Any) -> torch.Tensor:
+        """The prompt's loop stopped after `steps` core steps: `cache` takes every prompt position
+        (the next token goes after the last); returns the first new token's logits (vocab,)."""
+        return self.logits(state.s, [cache], True)[0]
 
     @abstractmethod
     def embed(self, tokens: list[int], caches: list[Any]) -> torch.Tensor:
@@ -130,6 +162,22 @@ class LoopedLM(nn.Module, ABC):
         """One recurrence `s ← core(adapter([s, e]))` for each row at its inner step `steps[r]` (0-based):
         attends to earlier positions at that step (or their latest step, where a token exited sooner)
         and records the row's own keys and values for that step."""
+
+    def batch_step(
+        self,
+        s: torch.Tensor | None,
+        e: torch.Tensor | None,
+        caches: list[Any],
+        steps: list[int],
+        prompts: list[Any],
+        repeat: list[bool],
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """One batch step: `core_step` of the decoding rows (none where `caches` is empty: s and e are
+        then None) and `prefill_step` of the prompts, whose results it returns. The default makes the
+        two calls; a model overrides it to run both as one pass (one set of dense products over the
+        rows' tokens and the prompts' positions), which saves a step's fixed cost."""
+        new = self.core_step(s, e, caches, steps) if caches else None  # type: ignore[arg-type]
+        return new, (self.prefill_step(prompts, repeat) if prompts else [])
 
     @abstractmethod
     def logits(self, s: torch.Tensor, caches: list[Any], commit: bool) -> torch.Tensor:

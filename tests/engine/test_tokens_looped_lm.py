@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from eqserve.engine.completion import CompletionJob, CompletionResult
 from eqserve.engine.tokens import TokenEngine
@@ -57,24 +58,40 @@ def test_alone_and_in_a_mixed_batch_and_under_the_static_baseline(model: LoopedL
         )
 
 
-def test_a_prompt_prefills_in_the_batch_loop_until_its_rule(model: LoopedLM, monkeypatch) -> None:
-    """A latent-diff request's prompt stops its prefill once the prompt's states settle, before the
-    budget a fixed-r request's prompt runs to; both answer the word's product."""
-    calls: dict[int, int] = {}
-    step = model.prefill_step
+def test_a_prompt_loops_in_the_batch_until_its_rule(model: LoopedLM, monkeypatch) -> None:
+    """A prompt's loop is its first new token's: a latent-diff request's prompt stops once the
+    prompt's states settle and a KL request's once its last position's next-token distribution does,
+    both before the budget a fixed-r request's prompt runs to; the first token's iterations are its
+    prompt's steps, and all three answer the word's product."""
+    calls: dict[str, int] = {}
+    step = model.batch_step
 
-    def counted(state: object) -> object:
-        calls[id(state)] = calls.get(id(state), 0) + 1
-        return step(state)
+    def counted(*args: object) -> object:
+        for state in args[4]:  # the prompts stepped
+            key = str(id(state))
+            calls[key] = calls.get(key, 0) + 1
+        return step(*args)
 
-    monkeypatch.setattr(model, "prefill_step", counted)
+    monkeypatch.setattr(model, "batch_step", counted)
     ((word, answer),) = sample(1, (12, 12), seed=3)
     rules = [
         ExitRule("latent-diff", threshold=1e-3, min_steps=2, max_iters=48),
+        ExitRule("kl", threshold=1e-4, min_steps=2, check_every=2, max_iters=48),
         ExitRule("none", max_iters=48),
     ]
     results = complete(model, [(word, rule) for rule in rules])
-    assert sorted(calls.values())[1] == 48
-    assert 12 <= sorted(calls.values())[0] < 48, calls
-    assert [model.decode(r.tokens) for r in results] == [answer, answer]
+    assert [model.decode(r.tokens) for r in results] == [answer] * 3
+    firsts = [r.iterations[0] for r in results]
+    assert sorted(calls.values()) == sorted(firsts), (calls, firsts)
+    assert firsts[2] == 48 and all(2 < n < 48 for n in firsts[:2]), firsts
+    assert results[1].exited[0] and firsts[1] % 2 == 0
 
+
+def test_a_fixed_r_prompt_answers_what_the_whole_sequence_pass_answers(model: LoopedLM) -> None:
+    """Under a fixed r the first new token is the argmax of the whole-sequence pass at r steps."""
+    words, steps = [w for w, _ in sample(4, TRAIN_LENGTHS, seed=9)], (3, 7, 12, 20)
+    results = complete(model, [(w, ExitRule("none", max_iters=r)) for w, r in zip(words, steps, strict=True)])
+    for w, r, res in zip(words, steps, results, strict=True):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([model.encode(w)]), r)
+        assert res.tokens[:1] == [int(logits[0, -1].argmax())] and res.iterations[0] == r

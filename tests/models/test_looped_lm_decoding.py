@@ -73,8 +73,8 @@ def test_the_step_wise_prefill_writes_the_whole_sequence_pass_bits(tiny: tuple, 
             got, want = cache.core(j, layer), whole.core(j, layer)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     with pytest.raises(ValueError, match="not 2"):
-        state = model.prefill_start(tokens, model.new_cache())
-        model.prefill_step(state)
+        state = model.prefill_start(tokens, model.new_cache(), 4)
+        model.prefill_step([state], [False])
         model.prefill_finish(state, 2, model.new_cache())
 
 
@@ -82,11 +82,55 @@ def test_a_repeated_prefill_step_gives_the_last_states_again_and_keeps_nothing(t
     model, _ = tiny
     tokens = [3, 1, 4, 1, 5, 2]
     with torch.no_grad():
-        state = model.prefill_start(tokens, model.new_cache())
-        model.prefill_step(state)
-        last = model.prefill_step(state)
-        assert torch.equal(model.prefill_step(state, repeat=True), last) and len(state.core) == 2
-        assert not torch.equal(model.prefill_step(state), last)
+        state = model.prefill_start(tokens, model.new_cache(), 4)
+        model.prefill_step([state], [False])
+        (last,) = model.prefill_step([state], [False])
+        assert torch.equal(model.prefill_step([state], [True])[0], last) and len(state.core) == 2
+        assert not torch.equal(model.prefill_step([state], [False])[0], last)
+
+
+def test_a_prompts_peeked_distribution_is_the_one_it_emits(tiny: tuple) -> None:
+    """`prefill_logits` (a criterion's peek, prompts packed) gives each prompt the logits
+    `prefill_finish` then emits for its first new token, and the whole-sequence pass's last row."""
+    model, _ = tiny
+    prompts = [[3, 1, 4, 1, 5, 2], [2], [5, 5, 0, 1]]
+    with torch.inference_mode(), invariant.mode(True):
+        states = [model.prefill_start(p, model.new_cache(), 3) for p in prompts]
+        for _ in range(3):
+            model.prefill_step(states, [False] * len(states))
+        peeked = model.prefill_logits(states)
+        for p, st, peek in zip(prompts, states, peeked, strict=True):
+            cache = model.new_cache()
+            assert torch.equal(model.prefill_finish(st, 3, cache), peek) and cache.n == len(p)
+            whole, _ = model(torch.tensor([p]), 3)
+            torch.testing.assert_close(whole[0, -1], peek, atol=1e-5, rtol=1e-5)
+
+
+def test_prompts_prefilled_in_one_call_get_their_bits_alone(tiny: tuple) -> None:
+    """Prompts of different lengths at different steps, some repeating their last step, packed in
+    one `prefill_step` call: each gets the states and cache it gets stepped alone."""
+    model, _ = tiny
+    prompts, ahead = [[3, 1, 4, 1, 5, 2], [2], [5, 5, 0, 1], [1, 2, 3, 4, 5, 0, 1, 2, 3]], [2, 0, 1, 3]
+    repeat = [False, False, True, False]
+    with torch.inference_mode(), invariant.mode(True):
+        alone = [model.prefill_start(p, model.new_cache(), 4) for p in prompts]
+        packed = [model.prefill_start(p, model.new_cache(), 4) for p in prompts]
+        for a, b, n in zip(alone, packed, ahead, strict=True):
+            for _ in range(n):
+                model.prefill_step([a], [False])
+                model.prefill_step([b], [False])
+        together = model.prefill_step(packed, repeat)
+        one_by_one = [model.prefill_step([a], [r])[0] for a, r in zip(alone, repeat, strict=True)]
+        for a, b, x, y, n, r in zip(alone, packed, one_by_one, together, ahead, repeat, strict=True):
+            assert x is not None and y is not None and torch.equal(x, y)
+            assert len(a.core) == len(b.core) == n + (not r)
+            assert all(torch.equal(u, v) for u, v in zip(a.core, b.core, strict=True))
+            kept = []
+            for state in (a, b):
+                kept.append(model.new_cache())
+                model.prefill_finish(state, len(state.core), kept[-1])
+            pairs = zip(_state(kept[0], len(a.core)), _state(kept[1], len(b.core)), strict=True)
+            assert all(torch.equal(u, v) for u, v in pairs)
 
 
 def test_a_token_that_stopped_sooner_is_read_at_its_latest_step(tiny: tuple) -> None:
@@ -113,7 +157,8 @@ def _state(cache: LoopedCache, steps: int) -> list[torch.Tensor]:
 
 
 def test_batched_calls_give_each_row_its_bits_alone(tiny: tuple) -> None:
-    """Rows at different positions and inner steps in one call, against the same calls row by row."""
+    """Rows at different positions and inner steps, and prompts being prefilled, in one call, against
+    the same calls row by row and prompt by prompt."""
     model, _ = tiny
     prompts, prefill_steps, head_start = [[1, 2], [3, 0, 4, 4, 1, 2], [5, 5, 5, 1]], [3, 1, 4], [0, 2, 1]
     with torch.inference_mode(), invariant.mode(True):
@@ -130,7 +175,16 @@ def test_batched_calls_give_each_row_its_bits_alone(tiny: tuple) -> None:
             for j in range(ahead):
                 s[i : i + 1] = model.core_step(s[i : i + 1], e[i : i + 1], [caches[i]], [j])
                 s_alone[i] = model.core_step(s_alone[i], e_alone[i], [alone[i]], [j])
-        s = model.core_step(s, e, caches, head_start)
+        filled = [[2, 4, 1], [0, 3, 3, 5, 1]]
+        fills = [model.prefill_start(p, model.new_cache(), 4) for p in filled]
+        fills_alone = [model.prefill_start(p, model.new_cache(), 4) for p in filled]
+        new, stepped = model.batch_step(s, e, caches, head_start, fills, [False, False])
+        assert new is not None
+        s = new
+        for f, g, x in zip(fills_alone, fills, stepped, strict=True):
+            y = model.prefill_step([f], [False])[0]
+            assert x is not None and y is not None and torch.equal(x, y)
+            assert torch.equal(f.core[0], g.core[0])
         rows = zip(s_alone, e_alone, alone, head_start, strict=True)
         s_alone = [model.core_step(x, y, [c], [j]) for x, y, c, j in rows]
         peek = model.logits(s, caches, commit=False)

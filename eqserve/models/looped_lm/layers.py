@@ -1,14 +1,17 @@
-"""Huginn's sandwich block and its parts, each with a whole-sequence forward and a one-token step.
+"""Huginn's sandwich block and its parts, each with a whole-sequence forward and a batch step.
 
 The parameter names are Huginn's (`norm_1`, `attn.Wqkv`, `attn.qk_bias`, `attn.proj`, `norm_2`, `mlp.fc`,
-`mlp.proj`, `norm_3`, `norm_4`), so its checkpoints load. The one-token step serves a batch of rows at
-different positions: its dense products go through `invariant.linear` and each row attends to its own
-keys alone, so a row's bits do not depend on its batch-mates in batch-invariant mode.
+`mlp.proj`, `norm_3`, `norm_4`), so its checkpoints load. The batch step serves, in one pass, a token
+for each decoding row (rows at different positions) and whole prompts being prefilled: its dense
+products go through `invariant.linear` and each row or prompt attends to its own keys alone, so its
+bits do not depend on its batch-mates in batch-invariant mode.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,17 +84,27 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, kt, vt, is_causal=True)
         return dense(y.transpose(1, 2).flatten(2), self.proj.weight), (k, v)
 
-    def step(self, x: torch.Tensor, table: torch.Tensor, past: list[KV]) -> tuple[torch.Tensor, KV]:
-        """One token per row x (B, d) at its own position (`table` (B, 1, hd / 2, 2)), attending to its
-        row's `past` keys and values (T_i, H, hd) and to itself; also its own keys and values (B, H, hd)."""
+    def step(
+        self, x: torch.Tensor, table: torch.Tensor, past: list[KV], lengths: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, KV]:
+        """A batch step's positions x (P, d), each with its own rotary row of `table` (P, 1, hd / 2, 2):
+        first one token per decoding row, attending to its row's `past` keys and values (T_i, H, hd) and
+        to itself; then whole prompts of `lengths` packed end to end, each position seeing its prompt's
+        positions up to itself. Also every position's keys and values (P, H, hd). The dense products
+        run once over all positions, the attention row by row and prompt by prompt, so each gets the
+        bits it gets alone."""
         q, k, v = self.qkv(x, table)
         scale = 1.0 / math.sqrt(self.head_dim)
         rows = []
         for i, (pk, pv) in enumerate(past):
             keys, values = torch.cat([pk, k[i : i + 1]]), torch.cat([pv, v[i : i + 1]])
             w = torch.softmax(torch.einsum("hd,thd->ht", q[i], keys) * scale, dim=-1)
-            rows.append(torch.einsum("ht,thd->hd", w, values))
-        return dense(torch.stack(rows).flatten(1), self.proj.weight), (k, v)
+            rows.append(torch.einsum("ht,thd->hd", w, values)[None])
+        ends = list(itertools.accumulate(lengths, initial=len(past)))
+        for a, b in itertools.pairwise(ends):
+            qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+            rows.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)[0].transpose(0, 1))
+        return dense(torch.cat(rows).flatten(1), self.proj.weight), (k, v)
 
 
 class GatedMLP(nn.Module):
@@ -125,9 +138,12 @@ class SandwichBlock(nn.Module):
         a, kv = self.attn(self.norm_1(x), table)
         return self._finish(x, a), kv
 
-    def step(self, x: torch.Tensor, table: torch.Tensor, past: list[KV]) -> tuple[torch.Tensor, KV]:
-        """One token per row (B, d) against each row's past; also the token's keys and values."""
-        a, kv = self.attn.step(self.norm_1(x), table, past)
+    def step(
+        self, x: torch.Tensor, table: torch.Tensor, past: list[KV], lengths: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, KV]:
+        """A batch step's positions (P, d): a token per decoding row against its past, then packed
+        prompts (see `Attention.step`); also their keys and values."""
+        a, kv = self.attn.step(self.norm_1(x), table, past, lengths)
         return self._finish(x, a), kv
 
     def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ the `LoopedLM` methods are the token-by-token pass the token engine drives, one 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -166,13 +167,14 @@ class LoopedTransformer(LoopedLM):
 
     def prefill(self, tokens: list[int], steps: int, cache: LoopedCache) -> None:
         """The whole-sequence pass on an empty cache, every position with `steps` core steps."""
-        state = self.prefill_start(tokens, cache)
+        state = self.prefill_start(tokens, cache, steps)
         for _ in range(steps):
-            self.prefill_step(state)
+            self.prefill_step([state], [False])
         self.prefill_finish(state, steps, cache)
 
-    def prefill_start(self, tokens: list[int], cache: LoopedCache) -> Prefill:
-        """The prelude over the prompt, and the start state of its recurrence."""
+    def prefill_start(self, tokens: list[int], cache: LoopedCache, max_steps: int) -> Prefill:
+        """The prelude over the prompt, and the start state of its recurrence (which steps itself, so
+        it needs no budget up front)."""
         if cache.n:
             raise ValueError("a prompt is prefilled into an empty cache")
         with torch.no_grad():
@@ -181,25 +183,39 @@ class LoopedTransformer(LoopedLM):
             e, pre = self._run(self.transformer.prelude, self._embedding(ids), table, True)
             return Prefill(table, e, self.init_state(e), pre)
 
-    def prefill_step(self, state: Prefill, repeat: bool = False) -> torch.Tensor:
-        """One core step of every prompt position, its keys and values kept: the states (T, d); with
-        `repeat`, the last step again from its input, nothing kept."""
-        with torch.no_grad():
-            x = self._inject(state.s_in if repeat else state.s, state.e)
-            s, kv = self._run(self.transformer.core_block, x, state.table, True)
-        if repeat:
-            return s[0]
-        state.s_in, state.s = state.s, s
-        state.core.append(kv)
-        return s[0]
+    def prefill_step(self, states: list[Prefill], repeat: list[bool]) -> list[torch.Tensor | None]:
+        """One core step of every position of each prompt, the prompts packed in one pass (attention
+        within each): their states (T_i, d), keys and values kept; where `repeat[i]`, prompt i's last
+        step again from its input, nothing kept."""
+        return self.batch_step(None, None, [], [], states, repeat)[1]
 
-    def prefill_finish(self, state: Prefill, steps: int, cache: LoopedCache) -> None:
-        """The coda over the prompt's last states; the cache takes every position's entries."""
+    def prefill_logits(self, states: list[Prefill]) -> torch.Tensor:
+        """The coda over each prompt's current states (packed, nothing kept); the head on the last."""
+        return self._coda(states)[0]
+
+    def prefill_finish(self, state: Prefill, steps: int, cache: LoopedCache) -> torch.Tensor:
+        """The coda over the prompt's last states; the cache takes every position's entries; the head
+        on the last position gives the first new token's logits."""
         if steps < 1 or steps != len(state.core):
             raise ValueError(f"a prompt ran {len(state.core)} core steps, not {steps} (at least one)")
+        logits, coda = self._coda([state])
+        cache.fill(state.pre[0], [c[0] for c in state.core], coda)
+        return logits[0]
+
+    def _coda(self, states: list[Prefill]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, vocab) logits at each prompt's last position, and the coda's keys and values of every
+        position (N, layers, 2, H, hd), the prompts packed end to end."""
+        lengths = [st.e.shape[1] for st in states]
         with torch.no_grad():
-            _, coda = self._run(self.transformer.coda, self.transformer.ln_f(state.s), state.table, True)
-        cache.fill(state.pre[0], [c[0] for c in state.core], coda[0])
+            x = self.transformer.ln_f(torch.cat([st.s[0] for st in states]))
+            table = torch.cat([st.table[0] for st in states])
+            kvs = []
+            for block in self.transformer.coda:
+                x, kv = block.step(x, table, [], lengths)
+                kvs.append(kv)
+            last = torch.tensor(list(itertools.accumulate(lengths))) - 1
+            logits = dense(self.transformer.ln_f(x[last]), self.lm_head.weight).float()
+        return logits, _entries(kvs)
 
     def _table(self, caches: list[LoopedCache]) -> torch.Tensor:
         pos = [c.n for c in caches]
@@ -225,15 +241,54 @@ class LoopedTransformer(LoopedLM):
     def core_step(
         self, s: torch.Tensor, e: torch.Tensor, caches: list[LoopedCache], steps: list[int]
     ) -> torch.Tensor:
-        table = self._table(caches)
-        x = self._inject(s, e)
-        kvs = []
-        for layer, block in enumerate(self.transformer.core_block):
-            x, kv = block.step(x, table, [c.core(j, layer) for c, j in zip(caches, steps, strict=True)])
-            kvs.append(kv)
-        for c, j, entries in zip(caches, steps, _entries(kvs), strict=True):
-            c.put_core(j, entries)
-        return x
+        new, _ = self.batch_step(s, e, caches, steps, [], [])
+        assert new is not None
+        return new
+
+    def batch_step(
+        self,
+        s: torch.Tensor | None,
+        e: torch.Tensor | None,
+        caches: list[LoopedCache],
+        steps: list[int],
+        prompts: list[Prefill],
+        repeat: list[bool],
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """The decoding rows' core step and the prompts' prefill step as one pass: the adapter and the
+        core block's dense products run once over the rows' tokens and the prompts' positions packed
+        after them, the attention row by row and prompt by prompt."""
+        rows, lengths = len(caches), [st.e.shape[1] for st in prompts]
+        xs, es, tables = [], [], []
+        if rows:
+            assert s is not None and e is not None
+            xs.append(s)
+            es.append(e)
+            tables.append(self._table(caches))
+        for st, r in zip(prompts, repeat, strict=True):
+            xs.append((st.s_in if r else st.s)[0])
+            es.append(st.e[0])
+            tables.append(st.table[0])
+        with torch.no_grad():
+            x = self._inject(torch.cat(xs), torch.cat(es))
+            table = torch.cat(tables)
+            kvs = []
+            for layer, block in enumerate(self.transformer.core_block):
+                past = [c.core(j, layer) for c, j in zip(caches, steps, strict=True)]
+                x, kv = block.step(x, table, past, lengths)
+                kvs.append(kv)
+            entries = _entries(kvs)
+        for c, j, row in zip(caches, steps, entries[:rows], strict=True):
+            c.put_core(j, row)
+        out: list[torch.Tensor | None] = []
+        at = rows
+        for st, r, n in zip(prompts, repeat, lengths, strict=True):
+            new = x[at : at + n]
+            if not r:
+                st.s_in, st.s = st.s, new[None]
+                st.core.append(entries[None, at : at + n])
+            out.append(new)
+            at += n
+        return (x[:rows] if rows else None), out
 
     def logits(self, s: torch.Tensor, caches: list[LoopedCache], commit: bool) -> torch.Tensor:
         table = self._table(caches)
