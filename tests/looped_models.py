@@ -23,7 +23,8 @@ def rate(digit: int) -> float:
 
 
 class CountLM(LoopedLM):
-    """Counts up from the prompt's last digit; `fail_on` makes its core step raise on that digit."""
+    """Counts up from the prompt's last digit; `fail_on` makes its core step raise on that digit, and
+    its prefill on a prompt holding it before the last."""
 
     name = "count-lm"
     max_context = 32
@@ -46,6 +47,8 @@ class CountLM(LoopedLM):
         return []
 
     def prefill(self, tokens: list[int], steps: int, cache: Any) -> None:
+        if self.fail_on in tokens:
+            raise RuntimeError("a fault in the model's prefill")
         cache.extend(tokens)
 
     def embed(self, tokens: list[int], caches: list[Any]) -> torch.Tensor:

@@ -150,7 +150,12 @@ class TokenEngine(Worker):
                 self._answer(q, "cancelled" if job.cancelled else "deadline", "cancelled")
                 continue
             q.cache = self.model.new_cache()
-            q.filling = self.model.prefill_start(job.prompt, q.cache, job.rule.max_iters)
+            try:
+                q.filling = self.model.prefill_start(job.prompt, q.cache, job.rule.max_iters)
+            except Exception as exc:  # the model's fault on this prompt: fail it alone, admit the rest
+                log.exception("model %s failed to start a prompt", self.name)
+                self._fail(q, ModelStepError(self.name, exc))
+                continue
             admitted.append(q)
         if admitted:
             self._reindex(self.seqs + admitted)
@@ -365,12 +370,16 @@ class TokenEngine(Worker):
         q.done = self._result(q, status, reason)
         self._deliver(q)
 
+    def _fail(self, q: Seq, error: BaseException) -> None:
+        """`q`'s completion fails with `error` (counted as an error)."""
+        if not q.job.future.done():
+            q.job.future.set_exception(error)
+            self.observer.finished(q.job, self._result(q, "error", "cancelled"))
+
     def _fail_all(self, error: BaseException) -> None:
-        """The model failed: every completion in the batch fails with `error`."""
+        """The model failed in its step: every completion in the batch fails with `error`."""
         for q in self.seqs:
-            if not q.job.future.done():
-                q.job.future.set_exception(error)
-                self.observer.finished(q.job, self._result(q, "error", "cancelled"))
+            self._fail(q, error)
         self._reindex([])
 
 

@@ -160,6 +160,19 @@ def test_a_fault_in_the_step_fails_that_batch_and_the_engine_goes_on():
         engine.stop()
 
 
+def test_a_fault_starting_one_prompt_fails_that_completion_alone():
+    """Admitted together, a prompt the model fails to start fails alone; its batch-mates answer."""
+    engine = TokenEngine(CountLM(fail_on=4))
+    futures = [engine.submit(job(p, max_tokens=n)) for p, n in (("12", 1), ("45", 2), ("67", 2))]
+    engine.start()
+    try:
+        with pytest.raises(ModelStepError, match="prefill"):
+            futures[1].result(timeout=30)
+        assert [futures[i].result(timeout=30).text for i in (0, 2)] == ["3", "89"]
+    finally:
+        engine.stop()
+
+
 def test_rows_at_different_tokens_share_steps():
     """Queued before the worker starts, 20 completions of 3 tokens × 8 steps run 4 at a time: each
     batch step advances 4 rows, so the engine takes exactly 20 · 24 / 4 steps."""
