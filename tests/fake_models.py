@@ -125,3 +125,24 @@ class Hanging(Reciprocal):
             self.entered.set()
             self.release.wait(self.wait_s)
         return super().step(y, ctx)
+
+
+COLLATE_X = 1.2
+"""A request holding this x makes BadCollate's collate fail, alone or not."""
+
+PAIR_X = 1.4
+"""A request holding this x makes BadCollate's collate fail once it shares the batch."""
+
+
+class BadCollate(SleepyStep):
+    """Reciprocal whose collate fails as a bug would on COLLATE_X, and on PAIR_X beside other rows;
+    its steps sleep, so a solve is in flight when another request arrives."""
+
+    name = "bad-collate"
+
+    def collate(self, ctxs: list[Ctx]) -> Ctx:
+        if any((c["x"] == COLLATE_X).any() for c in ctxs):
+            raise RuntimeError("collate failed")
+        if len(ctxs) > 1 and any((c["x"] == PAIR_X).any() for c in ctxs):
+            raise RuntimeError("collate failed in company")
+        return super().collate(ctxs)

@@ -100,8 +100,34 @@ class Engine(Worker):
                 self._finish(row, Stop.CANCELLED, job.start)
             elif now >= job.deadline:
                 self._finish(row, Stop.DEADLINE, job.start)
+            elif (error := self._collate_error(job)) is not None:
+                self._finish(row, Stop.ERROR, job.start, error)
             else:
                 fresh.append(row)
+        try:
+            self._place(fresh)
+        except Exception as exc:  # the model's fault in re-collating the batch: fail it, keep serving
+            log.exception("model %s failed admitting requests", self.name)
+            self._release_held()
+            error = ModelStepError(self.name, exc)
+            placed = [r for r in self.scheduler.rows if r is not None and not r.held]
+            seen = {id(r) for r in placed}
+            for row in placed + [r for r in fresh if id(r) not in seen]:
+                self._finish(row, Stop.ERROR, row.job.start, error)
+            self._clear()
+
+    def _collate_error(self, job: SolveJob) -> ModelStepError | None:
+        """The model's error collating `job`'s context alone, if it raises one: that request fails
+        alone instead of failing the batch it would join."""
+        try:
+            self.model.collate([job.ctx])
+        except Exception as exc:
+            log.exception("model %s failed to collate a request", self.name)
+            return ModelStepError(self.name, exc)
+        return None
+
+    def _place(self, fresh: list[Row]) -> None:
+        """Put the admitted rows into the batch."""
         sched = self.scheduler
         stale = sched.compaction_due(self.row_s, self.rebuild_s)
         if fresh and not stale and self.batch.placeable([r.job for r in fresh]):

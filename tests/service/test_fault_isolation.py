@@ -14,7 +14,17 @@ from fastapi.testclient import TestClient
 
 from eqserve.models.reciprocal import Reciprocal
 from tests.conftest import make_client
-from tests.fake_models import BLOWUP_X, HANG_X, NAN_X, RAISE_X, Faulty, Hanging
+from tests.fake_models import (
+    BLOWUP_X,
+    COLLATE_X,
+    HANG_X,
+    NAN_X,
+    PAIR_X,
+    RAISE_X,
+    BadCollate,
+    Faulty,
+    Hanging,
+)
 
 BOUND_S = 20.0
 """Longest any wait in these tests lasts (a bound on a broken server, not a measurement)."""
@@ -81,6 +91,37 @@ def test_a_raising_or_nan_step_fails_only_its_own_requests() -> None:
     assert raised.status_code == 500 and raised.json()["error"]["type"] == "model_error"
     for r in (nan, blowup):
         assert r.status_code == 200 and r.json()["status"] == "diverged" and r.json()["output"] is None
+    assert after.status_code == 200 and after.json()["status"] == "converged"
+    assert len(answers) > seen
+    expect_reciprocal(answers)
+
+
+def test_a_context_the_model_cannot_collate_fails_its_request_not_the_server() -> None:
+    """A request whose context the model fails to collate alone gets 500 `model_error` and its model
+    goes on; one that fails only beside others fails the batch it joins — every request in it
+    answered 500, none lost — and the model serves the next request."""
+    with (
+        make_client({"bad-collate": BadCollate(sleep_s=0.01), "reciprocal": Reciprocal()}) as client,
+        served_throughout(client) as answers,
+    ):
+        assert until(lambda: len(answers) > 0)
+        alone = solve(client, "bad-collate", [COLLATE_X])
+        inflight: list[httpx.Response] = []
+        long = threading.Thread(
+            target=lambda: inflight.append(solve(client, "bad-collate", [0.5], max_iters=10_000, tol=0))
+        )
+        long.start()
+        running = 'eqserve_requests_running{model="bad-collate"} 1.0'
+        assert until(lambda: running in client.get("/metrics").text)
+        company = solve(client, "bad-collate", [PAIR_X])
+        long.join(BOUND_S)
+        after = solve(client, "bad-collate", [0.5])
+        seen = len(answers)
+        until(lambda: len(answers) > seen)
+    for r in (alone, company, *inflight):
+        assert r.status_code == 500 and r.json()["error"]["type"] == "model_error"
+        assert "RuntimeError" not in r.text and "collate failed" not in r.text  # no internals
+    assert len(inflight) == 1
     assert after.status_code == 200 and after.json()["status"] == "converged"
     assert len(answers) > seen
     expect_reciprocal(answers)
