@@ -7,6 +7,7 @@ import itertools
 import time
 
 import pytest
+import torch
 
 from eqserve.engine.completion import CompletionJob, CompletionResult, TokenEvent
 from eqserve.engine.errors import ModelStepError
@@ -60,6 +61,33 @@ def test_latent_diff_stops_each_token_where_its_own_loop_converges():
     assert len(set(expected)) > 1  # the digits' loops differ: the test sees per-token exits
     assert all(res.exited)
     assert all(v is not None and v < 1e-3 for v in res.exit_values)
+
+
+def test_a_warm_start_begins_each_token_from_the_one_before():
+    """Huginn's `continuous_compute`: each token's loop starts from the previous token's final state
+    (the first new token's, from the prompt's last position), so its latent-diff steps are those of
+    CountLM's loop from that state, not from zeros."""
+    rule = ExitRule("latent-diff", threshold=1e-3, min_steps=1, max_iters=60)
+    cold, warm = run([job("25", rule=rule, max_tokens=3, warm_start=w) for w in (False, True)])
+    assert cold.text == warm.text == "678"
+
+    def steps(digit: int, s: torch.Tensor) -> tuple[int, torch.Tensor]:
+        a, e = rate(digit), torch.zeros(EOS + 1)
+        e[digit + 1] = 2.0
+        for j in range(1, 61):
+            new = a * s + (1 - a) * e
+            moved = float((new - s).norm() / new.norm())
+            s = new
+            if moved < 1e-3:
+                return j, s
+        return 60, s
+
+    s, expected = torch.zeros(EOS + 1), []
+    for digit in (5, 6, 7):
+        n, s = steps(digit, s)
+        expected.append(n)
+    assert warm.iterations == expected and cold.iterations[0] == expected[0]
+    assert warm.iterations[1:] != cold.iterations[1:]
 
 
 def test_max_tokens_and_stop_strings():
