@@ -98,8 +98,8 @@ class Attention(nn.Module):
         rows = []
         for i, (pk, pv) in enumerate(past):
             keys, values = torch.cat([pk, k[i : i + 1]]), torch.cat([pv, v[i : i + 1]])
-            w = torch.softmax(torch.einsum("hd,thd->ht", q[i], keys) * scale, dim=-1)
-            rows.append(torch.einsum("ht,thd->hd", w, values)[None])
+            w = torch.softmax((keys.transpose(0, 1) @ q[i, :, :, None])[..., 0] * scale, dim=-1)
+            rows.append((w[:, None] @ values.transpose(0, 1)).transpose(0, 1))
         ends = list(itertools.accumulate(lengths, initial=len(past)))
         for a, b in itertools.pairwise(ends):
             qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
