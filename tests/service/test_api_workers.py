@@ -109,7 +109,7 @@ def solve_many(url: str, n: int) -> None:
     for i in range(n):
         with httpx.Client() as c:  # each on a new connection: the kernel picks a front for it
             r = c.post(f"{url}/v1/solve", json={"model": "reciprocal", "input": {"x": [0.5 + i / 100]}})
-            assert r.json()["status"] == "converged", r.text
+            assert r.status_code == 200 and r.json()["status"] == "converged", (r.status_code, r.text)
 
 
 def test_two_fronts_share_the_engine_and_the_metrics(server: tuple[str, subprocess.Popen, Path]) -> None:
