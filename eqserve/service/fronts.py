@@ -3,10 +3,9 @@ that share the port and the engine processes.
 
 The first front (the one `eqserve serve` runs) starts the engine processes and supervises them; it
 then starts N − 1 further fronts with `spawn`. Each loads the models itself (for `encode`, `decode`,
-the schemas), waits until the engine processes answer it, binds the port with SO_REUSEPORT (the
-kernel spreads connections over the fronts), and follows the engine processes at their addresses
-(`EngineClient(follow=True)`): it notices a process gone by its pid, answers its jobs, and
-reconnects to its successor. Metrics use prometheus-client's
+the schemas), binds the port with SO_REUSEPORT (the kernel spreads connections over the fronts), and
+follows the engine processes at their addresses (`EngineClient(follow=True)`): it notices a process
+gone by its pid, answers its jobs, and reconnects to its successor. Metrics use prometheus-client's
 multiprocess mode, so each front's /metrics shows the counters and histograms of all of them; an
 engine's own events (`ran`: ticks, iterations) reach only the first front, so they are counted once.
 """
@@ -27,9 +26,6 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 STOP_S = 30.0
 """How long a further front may take to drain once told to stop."""
-
-READY_S = 60.0
-"""How long a further front waits for an engine process to answer before it takes connections."""
 
 
 def share_metrics() -> None:
@@ -82,15 +78,5 @@ def main(settings: Settings, follow: dict[str, str]) -> None:
 
     app = create_app(settings, follow=follow)
     app.state.eq.load_all()
-    _await_engines(app.state.eq.served)
     server = DrainingServer(uvicorn_config(app, settings.host, settings.port, settings.log_level))
     server.run(sockets=[listen(settings.host, settings.port, settings.send_buffer, shared=True)])
-
-
-def _await_engines(served: dict) -> None:
-    """Wait until every followed engine process has answered (at most READY_S each) before binding
-    the port: a front that took connections first would answer them 503 while it connects."""
-    for name, entry in served.items():
-        wait = getattr(entry.engine, "wait_ready", None)
-        if wait is not None and not wait(READY_S):
-            log.warning("front %d: the engine of %r did not answer in %.0f s", os.getpid(), name, READY_S)

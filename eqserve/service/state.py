@@ -36,6 +36,10 @@ UNLOAD_POLL_S = 0.02
 RESTART_RETRY_S = 1
 """Retry-After of a solve refused while its model's engine process restarts."""
 
+FOLLOW_READY_S = 60.0
+"""How long a further front's start waits for the engine process it follows to answer: until then it
+would answer its requests 503."""
+
 
 @dataclass
 class Served:
@@ -90,6 +94,9 @@ class ServerState:
         for served in self.served.values():  # engine processes start side by side; wait for them all
             if isinstance(served.engine, ProcessEngine):
                 served.engine.wait_started()
+            elif isinstance(served.engine, EngineClient) and not served.engine.wait_ready(FOLLOW_READY_S):
+                # a further front (--api-workers) answers 503 until the engine process it follows answers
+                log.warning("engine process of %r: no answer in %.0f s", served.model.name, FOLLOW_READY_S)
 
     def sources(self) -> list[ModelSource]:
         """The models the settings name: each SPEC, then every model directory of the repository."""
