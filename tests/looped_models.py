@@ -7,6 +7,7 @@ counts up and a token's inner steps under an exit rule follow from the digit alo
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -31,9 +32,11 @@ class CountLM(LoopedLM):
     eos = EOS
     example_prompt = "3"
 
-    def __init__(self, fail_on: int | None = None) -> None:
+    def __init__(self, fail_on: int | None = None, step_s: float = 0.0) -> None:
         super().__init__()
         self.fail_on = fail_on
+        self.step_s = step_s
+        """Seconds each core step sleeps: a completion that lasts at least a known time."""
 
     def encode(self, text: str) -> list[int]:
         if not text or not text.isdigit():
@@ -67,6 +70,7 @@ class CountLM(LoopedLM):
         digits = [c[-1] for c in caches]
         if self.fail_on in digits:
             raise RuntimeError("a fault in the model's step")
+        time.sleep(self.step_s)
         a = torch.tensor([[rate(d)] for d in digits])
         return a * s + (1 - a) * e
 

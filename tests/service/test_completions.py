@@ -195,11 +195,13 @@ def test_eqserve_client_and_cli_stream_tokens_with_their_iterations():
 
 
 def test_a_client_that_leaves_frees_its_row():
-    app = create_app(Settings(models=[]), {"count-lm": CountLM()})
+    """The completion's steps sleep 1 ms, so after its first token it has at least 7 s of work left
+    (7 more tokens of 1,000 steps): it ends cancelled, by the client leaving, not by finishing."""
+    app = create_app(Settings(models=[]), {"count-lm": CountLM(step_s=1e-3)})
     engine_of = lambda: app.state.eq.served["count-lm"].engine  # noqa: E731
-    endless = {"max_iters": 10**4, "exit": {"criterion": "none"}}
-    body = {"model": "count-lm", "prompt": "1", "max_tokens": 500, "stream": True, "budget": endless}
-    with TestClient(app), live_server(app) as url:
+    budget = {"max_iters": 1000, "exit": {"criterion": "none"}}
+    body = {"model": "count-lm", "prompt": "1", "max_tokens": 500, "stream": True, "budget": budget}
+    with TestClient(app) as client, live_server(app) as url:
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
@@ -209,6 +211,9 @@ def test_a_client_that_leaves_frees_its_row():
         while engine_of().running and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine_of().running == 0
+        metrics = client.get("/metrics").text
+    assert 'eqserve_requests_total{model="count-lm",status="cancelled"} 1.0' in metrics
+    assert 'eqserve_requests_total{model="count-lm",status="ok"} 0.0' in metrics
 
 
 def test_a_looped_lm_in_its_own_engine_process():
