@@ -42,7 +42,7 @@ from eqserve.models.lp_gnn.networks import (
     _orthogonal,
     _propagate,
     param_count,
-    per_lp_norm,
+    picard,
 )
 from eqserve.models.lp_gnn.train import Stage, fit
 
@@ -87,13 +87,8 @@ def picard_share(net: UnrolledGNN, data: LpSet, tol: float = 1e-4, iters: int = 
     g, _ = data.batch(list(range(len(data))))
     with torch.no_grad():
         emb = net.eval().embed(g)
-        y = g.var.new_zeros(g.var.shape[0])
-        done = torch.zeros(g.num_lps, dtype=torch.bool)
-        for _ in range(iters):
-            gy = net.step(g, emb, y)
-            done |= per_lp_norm(gy - y, g) <= tol * per_lp_norm(gy, g)
-            y = gy
-    return done.double().mean().item()
+        _, took = picard(lambda y: net.step(g, emb, y), g, tol, iters)
+    return (took <= iters).double().mean().item()
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ actually sees.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -128,18 +130,8 @@ class ImplicitGNN(nn.Module):
     def solve(
         self, g: Graph, emb: Embedding, tol: float, max_iters: int, z0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Picard from z0 (default 0) until every LP's ‖G(z) − z‖ / ‖G(z)‖ ≤ tol (the server's `rel`),
-        or max_iters; returns z and each LP's iteration count (max_iters + 1 where it did not get there)."""
-        z = g.var.new_zeros(g.var.shape[0]) if z0 is None else z0
-        iters = torch.full((g.num_lps,), max_iters + 1, dtype=torch.long, device=z.device)
-        for t in range(1, max_iters + 1):
-            gz = self.step(g, emb, z)
-            rel = per_lp_norm(gz - z, g) / (per_lp_norm(gz, g) + 1e-12)
-            iters = torch.where((rel <= tol) & (iters > max_iters), t, iters)
-            z = gz
-            if bool((iters <= max_iters).all()):
-                break
-        return z, iters
+        """Picard from z0 (default 0) to tolerance: see `picard`."""
+        return picard(lambda z: self.step(g, emb, z), g, tol, max_iters, z0)
 
     def jacobian_norms(self, g: Graph, emb: Embedding, z: torch.Tensor, iters: int = 3) -> torch.Tensor:
         """Each LP's ‖∂G/∂z‖₂ at z, by `iters` steps of power iteration on JᵀJ (J is block-diagonal over
@@ -167,6 +159,28 @@ class ImplicitGNN(nn.Module):
         with torch.no_grad():
             seen = norms.max() / self.gain()
             self.lip.copy_(self.lip ** decay * seen ** (1 - decay))
+
+
+def picard(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    g: Graph,
+    tol: float,
+    max_iters: int,
+    z0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Picard z ← step(z) from z0 (default 0), a number per variable of the batched graph `g`, until
+    every LP's ‖step(z) − z‖ / ‖step(z)‖ ≤ tol (the server's `rel`) or max_iters; returns z and each
+    LP's iteration count (max_iters + 1 where it did not get there)."""
+    z = g.var.new_zeros(g.var.shape[0]) if z0 is None else z0
+    iters = torch.full((g.num_lps,), max_iters + 1, dtype=torch.long, device=z.device)
+    for t in range(1, max_iters + 1):
+        gz = step(z)
+        rel = per_lp_norm(gz - z, g) / (per_lp_norm(gz, g) + 1e-12)
+        iters = torch.where((rel <= tol) & (iters > max_iters), t, iters)
+        z = gz
+        if bool((iters <= max_iters).all()):
+            break
+    return z, iters
 
 
 def per_lp_norm(x: torch.Tensor, g: Graph) -> torch.Tensor:
