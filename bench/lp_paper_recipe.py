@@ -28,18 +28,14 @@ import time
 import torch
 from lp_table import PAPER, SIZES
 from torch import nn
-from torch.nn import functional as F
 
 from eqserve.models.lp_gnn.data import make_dataset
 from eqserve.models.lp_gnn.graph import Graph
 from eqserve.models.lp_gnn.lpset import LpSet, errors
 from eqserve.models.lp_gnn.networks import (
-    CONS_FEATURES,
-    VAR_FEATURES,
     Embedding,
     ExplicitGNN,
-    _convs,
-    _orthogonal,
+    ImplicitGNN,
     _propagate,
     param_count,
     picard,
@@ -53,25 +49,22 @@ TS = (1, 2, 3, 4, 6, 8, 10, 16, 32, 100)
 
 
 class UnrolledGNN(nn.Module):
-    """The paper's DEQGNN: T steps of y ← G(y, x) from 0, then the head on [embedding, y_T]."""
+    """The paper's DEQGNN: T steps of y ← G(y, x) from 0, then the head on [embedding, y_T]. Its layers
+    are the served `ImplicitGNN`'s (built and initialised alike, the same count), wired the paper's way:
+    no gain on y, and the head after the loop instead of inside G."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
         self.depth = DEPTHS[0]
-        self.cons_emb = nn.Linear(CONS_FEATURES, d)
-        self.var_emb = nn.Linear(VAR_FEATURES, d)
-        self.convs = _convs(d, d + 1)
-        self.to_y = nn.Linear(d + 1, 1)
-        self.head = nn.Sequential(nn.Linear(d + 1, d), nn.ReLU(), nn.Linear(d, 1, bias=False))
-        self.apply(_orthogonal)
+        self.layers = ImplicitGNN(d)
 
     def embed(self, g: Graph) -> Embedding:
-        return F.relu(self.cons_emb(g.cons)), F.relu(self.var_emb(g.var))
+        return self.layers.embed(g)
 
     def step(self, g: Graph, emb: Embedding, y: torch.Tensor) -> torch.Tensor:
         """y ↦ G(y, x): one latent scalar per variable."""
-        h = _propagate(self.convs, g, emb[0], torch.cat([emb[1], y[:, None]], dim=1))
-        return self.to_y(h).squeeze(1)
+        h = _propagate(self.layers.convs, g, emb[0], torch.cat([emb[1], y[:, None]], dim=1))
+        return self.layers.to_y(h).squeeze(1)
 
     def forward(self, g: Graph) -> torch.Tensor:
         """The predicted solution after `depth` steps, in units of each LP's scale."""
@@ -79,7 +72,7 @@ class UnrolledGNN(nn.Module):
         y = g.var.new_zeros(g.var.shape[0])
         for _ in range(self.depth):
             y = self.step(g, emb, y)
-        return self.head(torch.cat([emb[1], y[:, None]], dim=1)).squeeze(1)
+        return self.layers.head(torch.cat([emb[1], y[:, None]], dim=1)).squeeze(1)
 
 
 def picard_share(net: UnrolledGNN, data: LpSet, tol: float = 1e-4, iters: int = 100) -> float:

@@ -37,7 +37,7 @@ def test_the_head_reads_the_latent_state_after_the_loop() -> None:
         y = torch.zeros(g.var.shape[0])
         for _ in range(4):
             y = net.step(g, emb, y)
-        want = net.head(torch.cat([emb[1], y[:, None]], dim=1)).squeeze(1)
+        want = net.layers.head(torch.cat([emb[1], y[:, None]], dim=1)).squeeze(1)
         assert torch.equal(net(g), want)
         assert y.abs().max() > 0  # the steps moved y, so the check above saw them
 
@@ -48,6 +48,6 @@ def test_convergence_share_counts_only_lps_within_the_tolerance() -> None:
     net = recipe.UnrolledGNN(4)
     assert recipe.picard_share(net, data, tol=0.0, iters=3) == 0.0  # y still moves after 3 steps
     with torch.no_grad():
-        net.to_y.weight.zero_()
-        net.to_y.bias.fill_(1.0)  # G(y) = 1 for every y: the second step repeats the first exactly
+        net.layers.to_y.weight.zero_()
+        net.layers.to_y.bias.fill_(1.0)  # G(y) = 1 for every y: the second step repeats the first exactly
     assert recipe.picard_share(net, data, tol=0.0, iters=3) == 1.0
